@@ -1,0 +1,268 @@
+"""params.yaml, validated: one frozen pydantic model per section.
+
+Every stage loads the whole file through :func:`load_params`, so a bad value anywhere fails
+before any work starts, with a one-line message that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _unique_nonempty(values: list[str]) -> list[str]:
+    if not values:
+        raise ValueError("must list at least one name")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"lists {duplicates} more than once")
+    return values
+
+
+class DataParams(Section):
+    """Which dataset and how it is split (stratified, seeded)."""
+
+    name: str = "digits"
+    source: str | None = None  # URL of the raw data, for datasets that are not bundled
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_split(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "val_fraction + test_fraction must be < 1, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class MixingParams(Section):
+    """The mixing method used for online mixing in the train stage, and its hyperparameters."""
+
+    method: str = "mixup"
+    alpha: PositiveFloat = 0.2
+    mode: Literal["batch", "elem"] = "elem"
+    prob: Fraction = 1.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class AugmentParams(Section):
+    """Offline augmentation shards: one shard set per method."""
+
+    methods: list[str] = ["mixup", "cutmix"]
+    num_shards: PositiveInt = 4
+
+    _check_methods = field_validator("methods")(_unique_nonempty)
+
+
+UseGpu = Literal["auto"] | bool
+
+
+class OptimParams(Section):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+
+
+class TrainParams(Section):
+    """The base model's training run. ``batch_size`` is per worker: the global batch is
+    ``batch_size * num_workers``."""
+
+    model: str = "cnn"
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 32
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: UseGpu = "auto"
+    max_failures: Annotated[int, Field(ge=-1)] = 1
+    optim: OptimParams = OptimParams()
+
+
+class TuneParams(Section):
+    """The sweep of fine-tunes from the base model over mixing hyperparameters (grid x ASHA)."""
+
+    methods: list[str] = ["mixup", "cutmix"]
+    alphas: list[PositiveFloat] = [0.2, 1.0]
+    epochs: PositiveInt = 4
+    batch_size: PositiveInt = 32
+    num_workers: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: UseGpu = "auto"
+    max_concurrent_trials: PositiveInt = 2
+    grace_period: PositiveInt = 2
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
+    optim: OptimParams = OptimParams(lr=0.01, warmup_epochs=0)
+
+    _check_methods = field_validator("methods")(_unique_nonempty)
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas_nonempty(cls, alphas: list[float]) -> list[float]:
+        if not alphas:
+            raise ValueError("must list at least one alpha")
+        return alphas
+
+    @model_validator(mode="after")
+    def _grace_within_epochs(self) -> TuneParams:
+        if self.grace_period > self.epochs:
+            raise ValueError(f"grace_period must be <= epochs ({self.epochs}), got {self.grace_period}")
+        return self
+
+
+class MergeParams(Section):
+    methods: list[str] = ["uniform_soup", "greedy_soup"]
+    include_base: bool = False
+
+    _check_methods = field_validator("methods")(_unique_nonempty)
+
+
+class EvaluateParams(Section):
+    ece_bins: Annotated[int, Field(ge=2)] = 15
+    batch_size: PositiveInt = 512
+
+
+class RayParams(Section):
+    """Where Ray runs. ``RAY_ADDRESS`` in the environment wins over ``address``."""
+
+    address: str | None = None
+    num_cpus: PositiveInt | None = None
+
+
+class StorageParams(Section):
+    shared_uri: str | None = None
+
+
+class PathsParams(Section):
+    """Where each stage writes; dvc.yaml reads the same keys, so no path is written twice."""
+
+    prepared: str = "data/prepared"
+    shards: str = "data/shards"
+    base_model: str = "models/base"
+    trials: str = "models/trials"
+    merged: str = "models/merged"
+    results: str = "results"
+    plots: str = "results/plots"
+    report: str = "report"
+    run_state: str = ".mixpipe/ray"
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataParams = DataParams()
+    mixing: MixingParams = MixingParams()
+    augment: AugmentParams = AugmentParams()
+    train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
+    merge: MergeParams = MergeParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    ray: RayParams = RayParams()
+    storage: StorageParams = StorageParams()
+    paths: PathsParams = PathsParams()
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    """One line: the first problem with its dotted key and value, and how many more there are."""
+    problems = error.errors()
+    first = problems[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        text = f"{key}: unknown key (a typo?)"
+    elif first["type"] == "missing":
+        text = f"{key}: required key is missing"
+    else:
+        text = f"{key} {message[0].lower()}{message[1:]}, got {first.get('input')!r}"
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{source}: {text}{more}"
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping (as read from YAML).
+
+    Raises:
+        ConfigError: a value is invalid or a name is not registered.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+    check_registered_names(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", section: str | None = None) -> Any:
+    """Load and validate the whole params file; return it, or one section of it.
+
+    Args:
+        path: the params.yaml to read.
+        section: a top-level key (``"train"``); ``None`` returns the whole :class:`Params`.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds an invalid value.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such params file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    params = parse_params(raw, source=str(path))
+    if section is None:
+        return params
+    if section not in Params.model_fields:
+        raise ConfigError(f"{path}: no section {section!r}")
+    return getattr(params, section)
+
+
+def check_registered_names(params: Params) -> None:
+    """Check every registry name in ``params`` so a typo fails before any stage does work.
+
+    The registries are imported here, at call time, so that importing this module stays cheap
+    and the layering (config at the bottom) holds for imports.
+    """
+    from pipelines.data import DATASETS
+    from pipelines.merging import MERGE_METHODS
+    from pipelines.mixing import MIXERS
+    from pipelines.models import MODELS
+
+    DATASETS.get(params.data.name, key="data.name")
+    MIXERS.get(params.mixing.method, key="mixing.method")
+    for i, name in enumerate(params.augment.methods):
+        MIXERS.get(name, key=f"augment.methods.{i}")
+    MODELS.get(params.train.model, key="train.model")
+    for i, name in enumerate(params.tune.methods):
+        MIXERS.get(name, key=f"tune.methods.{i}")
+    for i, name in enumerate(params.merge.methods):
+        MERGE_METHODS.get(name, key=f"merge.methods.{i}")
+
+
+def fingerprint(*objects: Any, length: int = 12) -> str:
+    """A short stable hash of JSON-able objects or pydantic models (for run and job names)."""
+
+    def plain(obj: Any) -> Any:
+        return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+
+    text = json.dumps([plain(o) for o in objects], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

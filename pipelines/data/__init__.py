@@ -1,0 +1,30 @@
+"""Datasets: the registry, splits, and Arrow shard reading and writing. Knows nothing of Ray or models."""
+
+from pipelines.data.dataset import ArrayDataset
+from pipelines.data.io import (
+    dataset_table,
+    mixed_samples_frame,
+    mixed_samples_table,
+    read_prepared,
+    read_split,
+    write_split,
+)
+from pipelines.data.sources import DATASETS, load_dataset
+from pipelines.data.splits import Splits, channel_stats, contiguous_share, normalise, stratified_split
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "Splits",
+    "channel_stats",
+    "contiguous_share",
+    "dataset_table",
+    "load_dataset",
+    "mixed_samples_frame",
+    "mixed_samples_table",
+    "normalise",
+    "read_prepared",
+    "read_split",
+    "stratified_split",
+    "write_split",
+]

@@ -1,0 +1,93 @@
+"""Prepared splits and mixed-sample shards as validated Parquet tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines import storage, tables
+from pipelines.data.dataset import ArrayDataset
+from pipelines.errors import DataError
+
+
+def _flat_list_column(x: np.ndarray) -> pa.ListArray:
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+    width = flat.shape[1]
+    offsets = pa.array(np.arange(0, (len(flat) + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
+
+
+def _unflatten(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
+    values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(len(column), *shape)
+
+
+def dataset_table(dataset: ArrayDataset) -> pa.Table:
+    """A split as a ``dataset`` table (x flattened; its shape goes in the file metadata)."""
+    return pa.table(
+        {"sample_id": pa.array(dataset.ids), "x": _flat_list_column(dataset.x), "y": pa.array(dataset.y)}
+    )
+
+
+def write_split(url: str, dataset: ArrayDataset, extra_metadata: dict | None = None) -> None:
+    """Write a split as a validated ``dataset`` Parquet table with its input shape and classes."""
+    metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}
+    tables.write_table(dataset_table(dataset), url, tables.DATASET, {**(extra_metadata or {}), **metadata})
+
+
+def read_split(url: str) -> ArrayDataset:
+    """Read a split written by :func:`write_split`.
+
+    Raises:
+        DataError: missing file, failed schema, or metadata that does not fit the rows.
+    """
+    arrow, metadata = tables.read_arrow(url, tables.DATASET)
+    try:
+        shape = tuple(int(d) for d in metadata["input_shape"])
+        num_classes = int(metadata["num_classes"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{url}: dataset table lacks input_shape/num_classes metadata") from None
+    try:
+        x = _unflatten(arrow["x"], shape)
+    except ValueError:
+        raise DataError(f"{url}: rows of x do not have the recorded shape {shape}") from None
+    return ArrayDataset(
+        x=x,
+        y=arrow["y"].to_numpy().astype(np.int64),
+        ids=arrow["sample_id"].to_numpy().astype(np.int64),
+        num_classes=num_classes,
+    )
+
+
+def read_prepared(prepared_dir: str, split: str) -> ArrayDataset:
+    """One split (``train``, ``val`` or ``test``) of the prepare stage's output."""
+    return read_split(storage.join(prepared_dir, f"{split}.parquet"))
+
+
+def mixed_samples_table(
+    x: np.ndarray,
+    sample_id: np.ndarray,
+    partner_id: np.ndarray,
+    y: np.ndarray,
+    y_partner: np.ndarray,
+    lam: np.ndarray,
+) -> pa.Table:
+    """Mixed samples as a validated ``mixed_samples`` table."""
+    arrow = pa.table(
+        {
+            "sample_id": pa.array(np.asarray(sample_id, dtype=np.int64)),
+            "partner_id": pa.array(np.asarray(partner_id, dtype=np.int64)),
+            "x": _flat_list_column(x),
+            "y": pa.array(np.asarray(y, dtype=np.int64)),
+            "y_partner": pa.array(np.asarray(y_partner, dtype=np.int64)),
+            "lam": pa.array(np.asarray(lam, dtype=np.float32)),
+        }
+    )
+    tables.validate(arrow, tables.MIXED_SAMPLES)
+    return arrow
+
+
+def mixed_samples_frame(url: str) -> pd.DataFrame:
+    """Read one validated shard."""
+    return tables.read_table(url, tables.MIXED_SAMPLES)

@@ -1,0 +1,17 @@
+"""Running a model over a dataset in batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) for every row of ``x``, as float32 on the CPU."""
+    model.eval()
+    inputs = torch.as_tensor(x)
+    device = next(model.parameters()).device
+    chunks = [model(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0)

@@ -1,0 +1,88 @@
+"""A static HTML report with PNG figures from the result tables."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(figure, path: Path) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path.name
+
+
+def training_curves(history: pd.DataFrame, path: Path) -> str:
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+    loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train (mixed)")
+    loss_axis.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
+    loss_axis.set(xlabel="epoch", ylabel="loss", title="Base model loss")
+    loss_axis.legend()
+    acc_axis.plot(history["epoch"], history["val_accuracy"], marker="o", color="tab:green")
+    acc_axis.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    return _save(figure, path)
+
+
+def accuracy_bars(evaluation: pd.DataFrame, path: Path) -> str:
+    colours = {"base": "tab:gray", "trial": "tab:blue", "merged": "tab:orange"}
+    ordered = evaluation.sort_values("accuracy")
+    figure, axis = plt.subplots(figsize=(7, 0.4 * len(ordered) + 1.2))
+    axis.barh(ordered["model"], ordered["accuracy"], color=[colours[k] for k in ordered["kind"]])
+    low = float(ordered["accuracy"].min())
+    axis.set(xlabel="test accuracy", xlim=(max(0.0, low - 0.05), 1.0), title="Test accuracy by model")
+    return _save(figure, path)
+
+
+def reliability_diagram(reliability: pd.DataFrame, models: list[str], path: Path) -> str:
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1)
+    for name in models:
+        rows = reliability[(reliability["model"] == name) & (reliability["count"] > 0)]
+        axis.plot(rows["confidence"], rows["accuracy"], marker="o", label=name)
+    axis.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1))
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def render_report(
+    out_dir: str,
+    history: pd.DataFrame,
+    trials: pd.DataFrame,
+    merges: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    reliability: pd.DataFrame,
+) -> Path:
+    """Write ``index.html`` and its figures into ``out_dir``; return the page's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    highlighted = ["base", *merges["method"]]
+    figures = [
+        training_curves(history, out / "training.png"),
+        accuracy_bars(evaluation, out / "accuracy.png"),
+        reliability_diagram(reliability, highlighted, out / "reliability.png"),
+    ]
+    sections = [
+        ("Evaluation (test split)", evaluation),
+        ("Merges", merges.drop(columns=["checkpoint"])),
+        ("Tune trials", trials.drop(columns=["checkpoint"])),
+        ("Base model training", history),
+    ]
+    body = "".join(f'<img src="{html.escape(f)}" alt="{html.escape(f)}">' for f in figures)
+    for title, frame in sections:
+        body += f"<h2>{html.escape(title)}</h2>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4f}")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>mixpipe report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}img{max-width:48%;margin:.5em}"
+        "table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd}</style>"
+        f"</head><body><h1>mixpipe report</h1>{body}</body></html>"
+    )
+    path = out / "index.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,59 @@
+"""State-dict helpers shared by merge methods."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from pipelines.errors import DataError
+from pipelines.models import load_state_dict
+
+StateDict = dict[str, torch.Tensor]
+ModelSource = Mapping[str, torch.Tensor] | str
+
+
+def resolve(model: ModelSource) -> StateDict:
+    """A state dict from a mapping, a safetensors file, or a checkpoint directory."""
+    return dict(model) if isinstance(model, Mapping) else load_state_dict(str(model))
+
+
+def check_compatible(states: Sequence[StateDict]) -> None:
+    """All state dicts must have the same keys, shapes and dtypes."""
+    if not states:
+        raise DataError("merge: no models given")
+    reference = states[0]
+    for i, state in enumerate(states[1:], start=1):
+        if state.keys() != reference.keys():
+            diff = sorted(set(state) ^ set(reference))[:5]
+            raise DataError(f"merge: model {i} has different tensors than model 0 (e.g. {diff})")
+        for name, tensor in state.items():
+            ref = reference[name]
+            if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
+                raise DataError(
+                    f"merge: tensor {name!r} is {tuple(tensor.shape)}/{tensor.dtype} in model {i} "
+                    f"but {tuple(ref.shape)}/{ref.dtype} in model 0"
+                )
+
+
+def weighted_average(states: Sequence[StateDict], weights: Sequence[float] | None = None) -> StateDict:
+    """Per-tensor weighted mean (weights normalised to sum 1), accumulated in float64.
+
+    Non-floating tensors (counters, indices) are taken from the first model.
+    """
+    check_compatible(states)
+    if weights is None:
+        weights = [1.0] * len(states)
+    if len(weights) != len(states) or sum(weights) <= 0 or min(weights) < 0:
+        raise DataError(f"merge: need one non-negative weight per model with a positive sum, got {list(weights)}")
+    total = float(sum(weights))
+    merged: StateDict = {}
+    for name, first in states[0].items():
+        if not first.is_floating_point():
+            merged[name] = first.clone()
+            continue
+        acc = torch.zeros(first.shape, dtype=torch.float64)
+        for state, weight in zip(states, weights, strict=True):
+            acc += state[name].to(torch.float64) * (weight / total)
+        merged[name] = acc.to(first.dtype)
+    return merged

@@ -1,0 +1,52 @@
+"""Mixed-sample data augmentation: one registry of methods, all called the same way.
+
+    out = mix("cutmix", x, y, generator=g, alpha=1.0, mode="elem", prob=1.0)
+    out.x, out.index, out.lam
+
+Methods use only the generator they are given and never loop over the batch in Python.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.errors import ConfigError
+from pipelines.mixing import boxes as _boxes  # noqa: F401  (registers cutmix)
+from pipelines.mixing import interpolation as _interpolation  # noqa: F401  (registers mixup, none)
+from pipelines.mixing.base import MIXERS, Mixer, MixOutput
+from pipelines.mixing.spec import MixingSpec
+from pipelines.mixing.targets import mixed_targets, smoothed_one_hot, soft_target_cross_entropy
+
+
+def get_mixer(name: str, **params: object) -> Mixer:
+    """The mixer registered as ``name``, configured with ``params`` (alpha, mode, prob, ...).
+
+    Raises:
+        UnknownNameError: no method is registered under ``name``.
+        ConfigError: a parameter is unknown to the method or out of range.
+    """
+    cls = MIXERS.get(name, key="mixing.method")
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise ConfigError(f"mixing: method {name!r} does not take these parameters ({error})") from None
+
+
+def mix(
+    name: str, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator, **params: object
+) -> MixOutput:
+    """Mix a batch with the method ``name``; see :class:`MixOutput`."""
+    return get_mixer(name, **params)(x, y, generator=generator)
+
+
+__all__ = [
+    "MIXERS",
+    "MixOutput",
+    "Mixer",
+    "MixingSpec",
+    "get_mixer",
+    "mix",
+    "mixed_targets",
+    "smoothed_one_hot",
+    "soft_target_cross_entropy",
+]

@@ -1,0 +1,99 @@
+"""The mixing contract shared by every method, and the registry they live in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from pipelines.errors import ConfigError
+from pipelines.mixing.sampling import bernoulli_mask, beta_sample, permutation
+from pipelines.registry import Registry
+
+
+@dataclass(frozen=True)
+class MixOutput:
+    """What a mixer returns.
+
+    Attributes:
+        x: the mixed inputs, same shape, dtype and device as the input.
+        index: ``LongTensor[B]``, the partner of each sample (a random permutation).
+        lam: ``FloatTensor[B]``, the weight of each sample's own label. For mask methods it is the
+            exact fraction of the sample's own elements; an unmixed sample has ``lam == 1``.
+    """
+
+    x: torch.Tensor
+    index: torch.Tensor
+    lam: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random choices of one call, all on the input's device."""
+
+    index: torch.Tensor  # partner permutation
+    lam: torch.Tensor  # float32 [B]; 1 where a sample is not mixed
+    mixed: torch.Tensor  # bool [B]
+
+
+@dataclass(frozen=True)
+class Mixer:
+    """Base class: draws partners, λ and which samples mix, then lets the method combine.
+
+    Args:
+        alpha: Beta(alpha, alpha) concentration of λ.
+        mode: ``"elem"`` draws one λ (and mask) per sample, ``"batch"`` one for the batch.
+        prob: probability that a sample (``elem``) or the batch (``batch``) is mixed at all.
+    """
+
+    alpha: float = 1.0
+    mode: Literal["batch", "elem"] = "elem"
+    prob: float = 1.0
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ConfigError(f"mixing.alpha must be > 0, got {self.alpha!r}")
+        if self.mode not in ("batch", "elem"):
+            raise ConfigError(f"mixing.mode must be 'batch' or 'elem', got {self.mode!r}")
+        if not 0 <= self.prob <= 1:
+            raise ConfigError(f"mixing.prob must be in [0, 1], got {self.prob!r}")
+
+    def draw(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Draws:
+        """Partners, then λ, then the mix mask, always in this order (so outputs are reproducible)."""
+        count = batch_size if self.mode == "elem" else 1
+        index = permutation(batch_size, generator)
+        lam = beta_sample(self.alpha, self.alpha, count, generator)
+        mixed = bernoulli_mask(self.prob, count, generator)
+        lam = torch.where(mixed, lam, torch.ones_like(lam)).expand(batch_size)
+        mixed = mixed.expand(batch_size)
+        return Draws(index.to(device), lam.to(device).contiguous(), mixed.to(device).contiguous())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator) -> MixOutput:
+        if x.ndim < 2 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"x must be (B, ...) with B = len(y); got x {tuple(x.shape)}, y {tuple(y.shape)}")
+        draws = self.draw(x.shape[0], generator, x.device)
+        return self.combine(x, draws, generator)
+
+    def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
+        raise NotImplementedError
+
+
+MIXERS: Registry[type[Mixer]] = Registry("mixing method")
+
+
+def register(name: str):
+    """Register a :class:`Mixer` subclass under ``name``."""
+
+    def add(cls: type[Mixer]) -> type[Mixer]:
+        cls.name = name
+        return MIXERS.register(name)(cls)
+
+    return add
+
+
+def broadcast_per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a ``[B]`` tensor to ``[B, 1, 1, ...]`` to broadcast against ``like``."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,29 @@
+"""Input interpolation: MixUp, and the identity."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.mixing.base import Draws, Mixer, MixOutput, broadcast_per_sample, register
+
+
+@register("mixup")
+class MixUp(Mixer):
+    """mixup (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018).
+
+    ``x_i = lam_i * x_i + (1 - lam_i) * x_index[i]`` with ``lam ~ Beta(alpha, alpha)``.
+    """
+
+    def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
+        lam = broadcast_per_sample(draws.lam.to(x.dtype), x)
+        return MixOutput(x=x * lam + x[draws.index] * (1 - lam), index=draws.index, lam=draws.lam)
+
+
+@register("none")
+class NoMixing(Mixer):
+    """The identity: every sample is its own partner and ``lam == 1``. Draws nothing."""
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator) -> MixOutput:
+        batch = x.shape[0]
+        index = torch.arange(batch, device=x.device)
+        return MixOutput(x=x, index=index, lam=torch.ones(batch, device=x.device))

@@ -1,0 +1,99 @@
+"""Model checkpoints: weights as safetensors, a JSON card that says how to rebuild the model.
+
+Nothing here unpickles: a checkpoint directory holds ``model.safetensors`` and ``card.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load, save
+from torch import nn
+
+from pipelines import storage
+from pipelines.errors import DataError
+from pipelines.models.zoo import build_model
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild a model and to say where it came from."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ModelCard:
+        try:
+            return cls(
+                model=str(obj["model"]),
+                input_shape=tuple(int(d) for d in obj["input_shape"]),
+                num_classes=int(obj["num_classes"]),
+                seed=int(obj["seed"]),
+                info=dict(obj.get("info", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise DataError(f"model card is malformed: {error!r}") from None
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` (unwrapping DDP), contiguous CPU tensors, ready for safetensors."""
+    module = model.module if hasattr(model, "module") else model
+    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    return save({k: v.contiguous() for k, v in state.items()})
+
+
+def save_checkpoint(directory: str, state: dict[str, torch.Tensor], card: ModelCard) -> None:
+    """Write ``model.safetensors`` and ``card.json`` into ``directory`` (any fsspec URL), atomically each."""
+    storage.write_bytes(storage.join(directory, WEIGHTS), state_dict_bytes(state))
+    storage.write_json(storage.join(directory, CARD), asdict(card))
+
+
+def load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file (or a checkpoint directory holding one)."""
+    url = path if str(path).endswith(".safetensors") else storage.join(path, WEIGHTS)
+    try:
+        return load(storage.read_bytes(url))
+    except FileNotFoundError:
+        raise DataError(f"no model weights at {url}") from None
+
+
+def load_card(directory: str) -> ModelCard:
+    try:
+        return ModelCard.from_json(storage.read_json(storage.join(directory, CARD)))
+    except FileNotFoundError:
+        raise DataError(f"no model card at {storage.join(directory, CARD)}") from None
+
+
+def model_from_state(card: ModelCard, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild the architecture on ``card`` and load ``state`` into it (strictly)."""
+    model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise DataError(f"weights do not fit model {card.model!r}: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def load_model(directory: str) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model saved in ``directory``."""
+    card = load_card(directory)
+    return model_from_state(card, load_state_dict(directory)), card
+
+
+def copy_checkpoint(source: str, destination: str) -> None:
+    """Copy a checkpoint directory's weights and card between any two fsspec URLs."""
+    for name in (WEIGHTS, CARD):
+        storage.write_bytes(storage.join(destination, name), storage.read_bytes(storage.join(source, name)))
+

@@ -1,0 +1,88 @@
+"""The training driver: builds the ``TorchTrainer`` for a :class:`TrainJob` and collects its result.
+
+Callable on its own (the train stage) and from inside a Tune trial (the tune stage).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pipelines import tables
+from pipelines.data import ArrayDataset
+from pipelines.errors import DataError
+from pipelines.models import ModelCard
+from pipelines.training.batching import steps_per_epoch
+from pipelines.training.job import TrainJob, resolve_use_gpu
+from pipelines.training.loop import train_loop_per_worker
+from pipelines.training.state import load_train_state
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """The finished run: final weights, their card, the per-epoch history, where Ray kept it."""
+
+    state_dict: dict[str, torch.Tensor]
+    card: ModelCard
+    history: list[dict[str, Any]]
+    run_path: str
+
+
+def check_fits(job: TrainJob, train: ArrayDataset) -> None:
+    if steps_per_epoch(len(train), job.batch_size, job.num_workers) == 0:
+        raise DataError(
+            f"{len(train)} training samples do not fill one global batch of "
+            f"{job.batch_size} x {job.num_workers} workers; lower the batch size"
+        )
+
+
+def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
+    """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
+
+    Args:
+        job: the run; its ``run_name`` decides whether an earlier run is resumed.
+        train: training split (sharded per rank inside the loop).
+        val: validation split (evaluated every epoch, shared across ranks).
+        callbacks: Ray Train callbacks (the tune stage passes Tune's report callback).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    check_fits(job, train)
+    use_gpu = resolve_use_gpu(job.use_gpu, ray.cluster_resources().get("GPU", 0), job.num_workers)
+    per_worker = {"CPU": job.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    data = ray.put({"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job, "data": data},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.run_name,
+            storage_path=job.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoints_to_keep),
+            callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {job.run_name} finished without a checkpoint")
+    with tempfile.TemporaryDirectory(prefix="mixpipe-final-") as directory:
+        result.checkpoint.to_directory(directory)
+        saved = load_train_state(directory)
+    return TrainOutcome(saved.weights, saved.card, saved.progress.history, str(result.path))
+
+
+def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The per-epoch records as a ``train_history`` table (validated)."""
+    frame = pd.DataFrame(list(history), columns=list(tables.TRAIN_HISTORY.columns))
+    return tables.to_frame(tables.to_arrow(frame, tables.TRAIN_HISTORY))

@@ -1,0 +1,53 @@
+"""What one training run is: a frozen description handed from the driver to every worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pipelines.config import OptimParams
+from pipelines.errors import ConfigError
+from pipelines.mixing import MixingSpec
+from pipelines.models import ModelCard
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One Ray Train run.
+
+    Attributes:
+        run_name: Ray Train run name. A run with the same name and storage path *resumes*, so
+            name runs from their inputs (params and data hashes), never by hand.
+        card: the model to build (and, with ``init_weights`` unset, the seed of its initial weights).
+        batch_size: per worker; the global batch is ``batch_size * num_workers``.
+        seed: root seed of data order and mixing draws (per rank, epoch and step).
+        init_weights: safetensors bytes of starting weights (fine-tuning), else fresh init.
+    """
+
+    run_name: str
+    card: ModelCard
+    epochs: int
+    batch_size: int
+    optim: OptimParams
+    mixing: MixingSpec
+    seed: int
+    storage_path: str
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | Literal["auto"] = "auto"
+    max_failures: int = 0
+    init_weights: bytes | None = None
+    checkpoints_to_keep: int = 2
+
+
+def resolve_use_gpu(setting: bool | str, cluster_gpus: float, num_workers: int, key: str = "train.use_gpu") -> bool:
+    """``auto`` uses GPUs when the cluster has one per worker; ``true`` insists on them.
+
+    Raises:
+        ConfigError: ``true`` on a cluster with fewer GPUs than workers.
+    """
+    if setting == "auto":
+        return cluster_gpus >= num_workers
+    if setting and cluster_gpus < num_workers:
+        raise ConfigError(f"{key} is true but the cluster has {cluster_gpus:g} GPU(s) for {num_workers} worker(s)")
+    return bool(setting)

@@ -1,0 +1,132 @@
+"""The Ray Train per-worker loop: DDP over the ranks, online mixing, rank-0 checkpoints."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+
+from pipelines.mixing import mixed_targets, soft_target_cross_entropy
+from pipelines.models import build_model, plain_state_dict
+from pipelines.seeding import derive_seed, torch_generator
+from pipelines.data import contiguous_share
+from pipelines.training.batching import rank_batches
+from pipelines.training.job import TrainJob
+from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
+from pipelines.training.state import TrainState, load_train_state, save_train_state
+
+
+def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def _validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[float, float, float]:
+    """Sum of losses, number correct and count over this rank's share of the validation set."""
+    model.eval()
+    share = contiguous_share(len(x), world, rank)
+    logits = model(x[share]).float()
+    return (
+        F.cross_entropy(logits, y[share], reduction="sum").item(),
+        (logits.argmax(-1) == y[share]).sum().item(),
+        float(len(y[share])),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. ``config`` holds ``job`` (a :class:`TrainJob`) and ``data``
+    (an object ref to the train/val arrays)."""
+    import ray
+    import ray.train
+    from ray.train.torch import get_device, prepare_model
+
+    job: TrainJob = config["job"]
+    arrays: dict[str, np.ndarray] = ray.get(config["data"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = get_device()
+
+    x_train = torch.tensor(arrays["x_train"], device=device)
+    y_train = torch.tensor(arrays["y_train"], device=device)
+    x_val = torch.tensor(arrays["x_val"], device=device)
+    y_val = torch.tensor(arrays["y_val"], device=device)
+
+    card = job.card
+    model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
+    if job.init_weights is not None:
+        model.load_state_dict(load_safetensors(job.init_weights))
+    progress = TrainState(epoch=0, history=[], attempt=0)
+    saved = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = load_train_state(directory)
+        model.load_state_dict(saved.weights)
+        progress = TrainState(saved.progress.epoch, saved.progress.history, saved.progress.attempt + 1)
+    model = prepare_model(model)
+    optimizer = build_optimizer(model.parameters(), job.optim)
+    if saved is not None:
+        # after prepare_model, so the state is cast to the parameters' device
+        optimizer.load_state_dict(saved.optimizer_state)
+
+    mixer = job.mixing.build()
+    use_amp = device.type == "cuda"
+    history = list(progress.history)
+    for epoch in range(progress.epoch, job.epochs):
+        started = time.perf_counter()
+        lr = lr_at_epoch(job.optim, epoch, job.epochs)
+        set_lr(optimizer, lr)
+        model.train()
+        loss_sum, seen = 0.0, 0
+        batches = rank_batches(len(x_train), job.batch_size, world, rank, job.seed, epoch)
+        for step, index in enumerate(batches):
+            index = index.to(device)
+            inputs, labels = x_train[index], y_train[index]
+            generator = torch_generator(derive_seed(job.seed, "mix", rank, epoch, step), device)
+            mixed = mixer(inputs, labels, generator=generator)
+            target = mixed_targets(labels, mixed, card.num_classes, job.mixing.label_smoothing)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(mixed.x)
+            loss = soft_target_cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(index)
+            seen += len(index)
+        val_loss, val_correct, val_count = _validate(model, x_val, y_val, rank, world)
+        totals = _sum_across_ranks([loss_sum, seen, val_loss, val_correct, val_count], device)
+        seconds = time.perf_counter() - started
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": totals[0] / totals[1],
+            "val_loss": totals[2] / totals[4],
+            "val_accuracy": totals[3] / totals[4],
+            "lr": lr,
+            "samples_per_s": totals[1] / seconds,
+            "epoch_seconds": seconds,
+            "world_size": world,
+            "attempt": progress.attempt,
+        }
+        history.append(record)
+        if rank == 0:
+            print(
+                f"[{job.run_name}] epoch {epoch + 1}/{job.epochs} train_loss {record['train_loss']:.4f} "
+                f"val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+                f"({record['samples_per_s']:.0f} samples/s)",
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory(prefix="mixpipe-ckpt-") as directory:
+                state = TrainState(epoch + 1, history, progress.attempt)
+                save_train_state(directory, plain_state_dict(model), card, optimizer, state)
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(record)

@@ -1,0 +1,41 @@
+"""Augment: write mixed-sample shards of the train split for one mixing method, one Ray task per shard.
+
+Usage:
+    python -m stages.augment METHOD
+
+METHOD is one of ``augment.methods`` (dvc.yaml runs it for each). Reads ``seed``,
+``augment.num_shards`` and ``mixing.{alpha,mode,prob}``; writes ``<shards>/METHOD/part-NNNNN.parquet``
+(``mixed_samples`` tables) and ``manifest.json`` (rows, seed and sha256 of every shard).
+"""
+
+from __future__ import annotations
+
+from pipelines import storage
+from pipelines.augmentation import build_shards, manifest
+from pipelines.cluster import ray_session
+from pipelines.data import read_prepared
+from pipelines.errors import ConfigError
+from pipelines.mixing import MixingSpec
+from stages.common import code_dir, entrypoint, params
+
+
+@entrypoint("augment")
+def main(argv: list[str]) -> None:
+    p = params()
+    if len(argv) != 1 or argv[0] not in p.augment.methods:
+        raise ConfigError(f"usage: python -m stages.augment METHOD, METHOD in augment.methods {p.augment.methods}")
+    method = argv[0]
+    mixing = MixingSpec(method, p.mixing.alpha, p.mixing.mode, p.mixing.prob)
+    train = read_prepared(p.paths.prepared, "train")
+    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
+        shards = build_shards(train, mixing, p.augment.num_shards, p.seed)
+    out = storage.join(p.paths.shards, method)
+    for shard in shards:
+        storage.write_bytes(storage.join(out, shard.file), shard.data)
+    storage.write_json(storage.join(out, "manifest.json"), manifest(method, mixing, p.seed, shards))
+    nodes = len({s.node_id for s in shards})
+    print(f"augment {method}: {len(shards)} shards, {sum(s.rows for s in shards)} rows, on {nodes} node(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""What every stage shares: params loading, the one-line error exit, where Ray keeps run state."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipelines import storage
+from pipelines.config import Params, load_params
+from pipelines.errors import MixpipeError
+
+PARAMS_FILE = "params.yaml"
+
+
+def entrypoint(stage: str) -> Callable[[Callable[[list[str]], None]], Callable[[], None]]:
+    """Wrap a stage's ``main(argv)``: a :class:`MixpipeError` becomes one line on stderr and exit 2."""
+
+    def wrap(main: Callable[[list[str]], None]) -> Callable[[], None]:
+        @functools.wraps(main)
+        def run() -> None:
+            try:
+                main(sys.argv[1:])
+            except MixpipeError as error:
+                print(f"mixpipe {stage}: error: {error}", file=sys.stderr)
+                sys.exit(2)
+
+        return run
+
+    return wrap
+
+
+def params() -> Params:
+    """The whole params.yaml, validated (every stage validates everything before working)."""
+    return load_params(os.environ.get("MIXPIPE_PARAMS", PARAMS_FILE))
+
+
+def run_state_uri(params: Params) -> str:
+    """Where Ray Train and Tune keep run state: ``storage.shared_uri`` if set, else a local dir."""
+    if params.storage.shared_uri:
+        return storage.join(params.storage.shared_uri, "ray")
+    return str(Path(params.paths.run_state).resolve())
+
+
+def code_dir() -> str:
+    """The checkout whose code a cluster's workers import (stages run from the repo root)."""
+    return str(Path.cwd())

@@ -1,0 +1,61 @@
+"""Merge: combine the tune stage's fine-tunes (optionally with the base) with each method in ``merge.methods``.
+
+Usage:
+    python -m stages.merge
+
+Reads ``merge``; writes ``<merged>/<method>.safetensors`` (the base model's architecture, see its
+card) and ``<results>/merges.parquet`` (``merges`` table). Data-dependent methods (greedy soup)
+score candidates by validation accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from pipelines import storage, tables
+from pipelines.data import read_prepared
+from pipelines.evaluation import score_state
+from pipelines.merging import MERGE_METHODS, run_merge
+from pipelines.models import load_card, load_state_dict
+from pipelines.models.checkpoints import state_dict_bytes
+from stages.common import entrypoint, params
+
+
+@entrypoint("merge")
+def main(argv: list[str]) -> None:
+    p = params()
+    val = read_prepared(p.paths.prepared, "val")
+    card = load_card(p.paths.base_model)
+    trials = tables.read_table(storage.join(p.paths.results, "trials.parquet"), tables.TRIALS)
+    names = list(trials["trial"])
+    states = [load_state_dict(path) for path in trials["checkpoint"]]
+    if p.merge.include_base:
+        names.append("base")
+        states.append(load_state_dict(p.paths.base_model))
+
+    def val_accuracy(state):
+        return score_state(card, state, val.x, val.y)["accuracy"]
+
+    own_scores = [val_accuracy(s) for s in states]
+    rows = []
+    for method in p.merge.methods:
+        entry = MERGE_METHODS.get(method, key="merge.methods")
+        extra = {"score": val_accuracy, "scores": own_scores} if entry.accepts("score") else {}
+        started = time.perf_counter()
+        result = run_merge(method, states, **extra)
+        seconds = time.perf_counter() - started
+        path = storage.join(p.paths.merged, f"{method}.safetensors")
+        storage.write_bytes(path, state_dict_bytes(result.state_dict))
+        scores = score_state(card, result.state_dict, val.x, val.y)
+        rows.append({"method": method, "num_models": len(result.members),
+                     "members": ",".join(names[i] for i in result.members), "val_loss": scores["nll"],
+                     "val_accuracy": scores["accuracy"], "seconds": seconds, "checkpoint": path})
+    merges = pd.DataFrame(rows)
+    tables.write_table(merges, storage.join(p.paths.results, "merges.parquet"), tables.MERGES)
+    print(merges[["method", "num_models", "val_accuracy"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Train: the base model on Ray Train (DDP over ``train.num_workers`` workers) with online mixing.
+
+Usage:
+    python -m stages.train
+
+Reads ``seed``, ``train`` and ``mixing``; writes ``<base_model>/{model.safetensors,card.json}``,
+``<results>/train_history.parquet`` (``train_history`` table) and DVCLive metrics under
+``dvclive/train``. The Ray run is named from its inputs' hash, so an interrupted stage resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dvclive import Live
+
+from pipelines import storage, tables
+from pipelines.cluster import ray_session
+from pipelines.config import fingerprint
+from pipelines.data import read_prepared
+from pipelines.mixing import MixingSpec
+from pipelines.models import ModelCard, save_checkpoint
+from pipelines.seeding import derive_seed
+from pipelines.training import TrainJob, history_frame, run_training
+from stages.common import code_dir, entrypoint, params, run_state_uri
+
+LIVE_DIR = "dvclive/train"
+
+
+@entrypoint("train")
+def main(argv: list[str]) -> None:
+    p = params()
+    train = read_prepared(p.paths.prepared, "train")
+    val = read_prepared(p.paths.prepared, "val")
+    data_hash = [storage.sha256_file(storage.join(p.paths.prepared, f"{s}.parquet")) for s in ("train", "val")]
+    card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"))
+    job = TrainJob(
+        run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash)}",
+        card=card,
+        epochs=p.train.epochs,
+        batch_size=p.train.batch_size,
+        optim=p.train.optim,
+        mixing=MixingSpec.from_params(p.mixing),
+        seed=derive_seed(p.seed, "train"),
+        storage_path=run_state_uri(p),
+        num_workers=p.train.num_workers,
+        cpus_per_worker=p.train.cpus_per_worker,
+        use_gpu=p.train.use_gpu,
+        max_failures=p.train.max_failures,
+    )
+    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
+        outcome = run_training(job, train, val)
+
+    last = outcome.history[-1]
+    info = {"run": job.run_name, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"], "mixing": p.mixing.method}
+    save_checkpoint(p.paths.base_model, outcome.state_dict, replace(card, info=info))
+    history = history_frame(outcome.history)
+    tables.write_table(history, storage.join(p.paths.results, "train_history.parquet"), tables.TRAIN_HISTORY)
+    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False) as live:
+        for record in outcome.history:
+            live.step = int(record["epoch"])
+            for name in ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s"):
+                live.log_metric(name, float(record[name]))
+    print(f"train: {job.run_name}: {last['epoch']} epochs, val accuracy {last['val_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Tune: fine-tune the base model over a grid of mixing methods x alphas with Ray Tune and ASHA.
+
+Usage:
+    python -m stages.tune
+
+Reads ``seed``, ``tune`` and ``mixing.{mode,prob,label_smoothing}``; writes
+``<trials>/<trial>/{model.safetensors,card.json}`` for every trial (early-stopped ones included),
+``<results>/trials.parquet`` (``trials`` table) and ``<results>/best_params.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import yaml
+
+from pipelines import storage, tables
+from pipelines.cluster import ray_session
+from pipelines.config import fingerprint
+from pipelines.data import read_prepared
+from pipelines.mixing import MixingSpec
+from pipelines.models import load_card, save_checkpoint
+from pipelines.seeding import derive_seed
+from pipelines.training import TrainJob
+from pipelines.tuning import grid, run_sweep
+from stages.common import code_dir, entrypoint, params, run_state_uri
+
+
+@entrypoint("tune")
+def main(argv: list[str]) -> None:
+    p = params()
+    t = p.tune
+    train = read_prepared(p.paths.prepared, "train")
+    val = read_prepared(p.paths.prepared, "val")
+    card = load_card(p.paths.base_model)
+    weights = storage.read_bytes(storage.join(p.paths.base_model, "model.safetensors"))
+    mixing = MixingSpec("none", 1.0, p.mixing.mode, p.mixing.prob, p.mixing.label_smoothing)
+    name = f"tune-{fingerprint(p.seed, t, mixing.__dict__, storage.sha256_bytes(weights))}"
+    template = TrainJob(
+        run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
+        seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
+        cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
+    )
+    points = grid(t.methods, t.alphas)
+    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
+        outcomes = run_sweep(
+            template, points, train, val, experiment_name=name, grace_period=t.grace_period,
+            reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,
+        )
+
+    rows = []
+    for o in outcomes:
+        directory = storage.join(p.paths.trials, o.point.name)
+        info = {"method": o.point.method, "alpha": o.point.alpha, "epochs": o.epochs_run, "val_accuracy": o.val_accuracy}
+        save_checkpoint(directory, o.weights, replace(card, info=info))
+        rows.append({"trial": o.point.name, "method": o.point.method, "alpha": o.point.alpha,
+                     "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
+                     "val_loss": o.val_loss, "val_accuracy": o.val_accuracy, "checkpoint": directory})
+    trials = pd.DataFrame(rows)
+    tables.write_table(trials, storage.join(p.paths.results, "trials.parquet"), tables.TRIALS)
+    best = max(outcomes, key=lambda o: (o.val_accuracy, -o.val_loss))
+    best_params = {"trial": best.point.name, "mixing": {"method": best.point.method, "alpha": best.point.alpha},
+                   "val_accuracy": best.val_accuracy}
+    storage.write_text(storage.join(p.paths.results, "best_params.yaml"), yaml.safe_dump(best_params, sort_keys=True))
+    print(trials[["trial", "epochs_run", "val_accuracy"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
