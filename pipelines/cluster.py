@@ -26,8 +26,10 @@ AUTH_MODE_ENV = "RAY_AUTH_MODE"
 # at import time, and also blocks worker nodes from joining, so it is set only for local starts.
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-# What never travels to a cluster with the code (Ray also honours .gitignore).
-WORKING_DIR_EXCLUDES = [".git", ".venv", ".dvc/cache", ".dvc/tmp", ".mixpipe", "data", "models", "results", "report"]
+# What never travels to a cluster with the code (Ray also honours .gitignore). gitwildmatch
+# patterns: anchored with "/", or "data" would also drop the pipelines/data package.
+WORKING_DIR_EXCLUDES = ["/.git/", "/.venv/", "/.dvc/cache/", "/.dvc/tmp/", "/.mixpipe/",
+                        "/data/", "/models/", "/results/", "/report/", "/dvclive/", "__pycache__/"]
 
 
 @dataclass(frozen=True)

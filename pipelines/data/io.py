@@ -20,7 +20,8 @@ def _flat_list_column(x: np.ndarray) -> pa.ListArray:
 
 def _unflatten(column: pa.ChunkedArray, shape: tuple[int, ...]) -> np.ndarray:
     values = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(len(column), *shape)
+    # a copy: Arrow buffers are read-only, and torch wants writable arrays
+    return np.array(values, dtype=np.float32).reshape(len(column), *shape)
 
 
 def dataset_table(dataset: ArrayDataset) -> pa.Table:

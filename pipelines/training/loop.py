@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from typing import Any
@@ -20,6 +21,20 @@ from pipelines.training.batching import rank_batches
 from pipelines.training.job import TrainJob
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, load_train_state, save_train_state
+
+
+log = logging.getLogger("mixpipe.train")
+
+
+def _quiet_ray_worker_logs() -> None:
+    """Keep the worker console to warnings plus our own progress lines.
+
+    Ray Train's per-report INFO line comes from a logger named by file path, so LoggingConfig does
+    not reach it; it lands on the root logger. Our progress uses its own logger at INFO (a logger's
+    level is checked where a record starts, so the root's WARNING does not filter it).
+    """
+    logging.getLogger().setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
 
 
 def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -49,6 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
+    _quiet_ray_worker_logs()
     job: TrainJob = config["job"]
     arrays: dict[str, np.ndarray] = ray.get(config["data"])
     context = ray.train.get_context()
@@ -118,11 +134,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         history.append(record)
         if rank == 0:
-            print(
-                f"[{job.run_name}] epoch {epoch + 1}/{job.epochs} train_loss {record['train_loss']:.4f} "
-                f"val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
-                f"({record['samples_per_s']:.0f} samples/s)",
-                flush=True,
+            log.info(
+                "[%s] epoch %d/%d train_loss %.4f val_loss %.4f val_accuracy %.4f (%.0f samples/s)",
+                job.run_name, epoch + 1, job.epochs, record["train_loss"], record["val_loss"],
+                record["val_accuracy"], record["samples_per_s"],
             )
             with tempfile.TemporaryDirectory(prefix="mixpipe-ckpt-") as directory:
                 state = TrainState(epoch + 1, history, progress.attempt)

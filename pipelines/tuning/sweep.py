@@ -18,6 +18,7 @@ from pipelines.training import TrainJob, run_training
 from pipelines.training.state import load_train_state
 
 METRIC = "val_accuracy"
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,9 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_parameters(_run_trial, template=template, train=train, val=val)
-    # The trial only drives its Train run; the Train workers hold the CPUs.
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # A trial only drives its Train run: the Train workers hold the CPUs. The trial reserves a
+    # little memory instead, because Tune refuses a request with no resources at all.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
     path = f"{template.storage_path.rstrip('/')}/{experiment_name}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)

@@ -1,0 +1,77 @@
+import pytest
+import yaml
+
+from pipelines.config import MixingParams, Params, fingerprint, load_params, parse_params
+from pipelines.errors import ConfigError
+
+
+def test_repository_params_are_valid(repo_root):
+    params = load_params(repo_root / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.name == "digits"
+    assert load_params(repo_root / "params.yaml", "mixing") == params.mixing
+
+
+def test_defaults_are_valid_and_frozen():
+    params = parse_params({})
+    with pytest.raises(Exception):
+        params.seed = 3  # frozen
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"mixing": {"alpha": -1}}, "mixing.alpha input should be greater than 0, got -1"),
+        ({"mixing": {"mode": "pixel"}}, "mixing.mode input should be 'batch' or 'elem', got 'pixel'"),
+        ({"mixing": {"prob": 1.5}}, "mixing.prob input should be less than or equal to 1, got 1.5"),
+        ({"train": {"epochs": 0}}, "train.epochs input should be greater than 0, got 0"),
+        ({"train": {"epoch": 3}}, "train.epoch: unknown key (a typo?)"),
+        ({"train": {"optim": {"optimizer": "lbfgs"}}}, "train.optim.optimizer input should be 'sgd' or 'adamw', got 'lbfgs'"),
+        ({"train": {"use_gpu": "maybe"}}, "train.use_gpu"),
+        ({"data": {"val_fraction": 0.6, "test_fraction": 0.5}}, "data val_fraction + test_fraction must be < 1"),
+        ({"tune": {"epochs": 2, "grace_period": 3}}, "tune grace_period must be <= epochs (2), got 3"),
+        ({"tune": {"alphas": []}}, "tune.alphas must list at least one alpha"),
+        ({"merge": {"methods": []}}, "merge.methods must list at least one name"),
+        ({"augment": {"methods": ["mixup", "mixup"]}}, "augment.methods lists ['mixup'] more than once"),
+        ({"seed": -1}, "seed input should be greater than or equal to 0, got -1"),
+        ({"mixing": {"method": "cutmx"}}, "mixing.method: unknown mixing method 'cutmx'; known: cutmix, mixup, none"),
+        ({"train": {"model": "vit"}}, "train.model: unknown model 'vit'"),
+        ({"merge": {"methods": ["uniform_soup", "tes"]}}, "merge.methods.1: unknown merge method 'tes'"),
+        ({"tune": {"methods": ["mixup", "fmixx"]}}, "tune.methods.1: unknown mixing method 'fmixx'"),
+        ({"data": {"name": "imagenet"}}, "data.name: unknown dataset 'imagenet'"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert expected in message
+
+
+def test_several_problems_are_counted():
+    with pytest.raises(ConfigError, match=r"\(and 1 more problem\(s\)\)"):
+        parse_params({"mixing": {"alpha": -1, "prob": 2}})
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mixing: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_params(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="no section 'nope'"):
+        load_params(good, "nope")
+
+
+def test_fingerprint_is_stable_and_sensitive():
+    a = fingerprint(MixingParams(alpha=0.2), [1, 2])
+    assert a == fingerprint(MixingParams(alpha=0.2), [1, 2])
+    assert a != fingerprint(MixingParams(alpha=0.4), [1, 2])
+    assert len(a) == 12

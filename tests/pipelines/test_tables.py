@@ -1,0 +1,104 @@
+import io
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import tables
+from pipelines.errors import DataError
+
+
+def _evaluation_rows():
+    return pd.DataFrame(
+        {
+            "model": ["base", "soup"],
+            "kind": ["base", "merged"],
+            "num_samples": [10, 10],
+            "accuracy": [0.9, 0.8],
+            "nll": [0.3, 0.4],
+            "ece": [0.05, 0.1],
+            "brier": [0.2, 0.3],
+        }
+    )
+
+
+def test_round_trip_keeps_values_and_metadata(tmp_path):
+    url = str(tmp_path / "evaluation.parquet")
+    tables.write_table(_evaluation_rows(), url, "evaluation", metadata={"seed": 3})
+    frame = tables.read_table(url, "evaluation")
+    assert list(frame.columns) == list(tables.EVALUATION.columns)
+    assert frame["accuracy"].tolist() == [0.9, 0.8]
+    assert str(frame["model"].dtype) == "string[pyarrow]"
+    _, metadata = tables.read_arrow(url, "evaluation")
+    assert metadata == {"seed": 3}
+
+
+def test_writes_are_deterministic():
+    arrow = tables.to_arrow(_evaluation_rows(), "evaluation")
+    assert tables.parquet_bytes(arrow, {"a": 1}) == tables.parquet_bytes(arrow, {"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["ece"]), "missing columns \\['ece'\\]"),
+        (lambda f: f.assign(extra=1), "unexpected columns \\['extra'\\]"),
+        (lambda f: f.assign(accuracy=[1.5, 0.8]), "accuracy"),
+        (lambda f: f.assign(kind=["base", "ensemble"]), "kind"),
+        (lambda f: f.assign(model=["a", "a"]), "model"),
+        (lambda f: f.assign(num_samples=["ten", "10"]), "evaluation"),
+    ],
+)
+def test_invalid_rows_are_refused_before_writing(tmp_path, change, message):
+    url = tmp_path / "evaluation.parquet"
+    with pytest.raises(DataError, match=message):
+        tables.write_table(change(_evaluation_rows()), str(url), "evaluation")
+    assert not url.exists()
+
+
+def test_read_validates_files_written_elsewhere(tmp_path):
+    url = tmp_path / "evaluation.parquet"
+    bad = pa.table({"model": ["x"], "accuracy": [0.5]})
+    pq.write_table(bad, url)
+    with pytest.raises(DataError, match="do not match"):
+        tables.read_table(str(url), "evaluation")
+    with pytest.raises(DataError, match="no file"):
+        tables.read_table(str(tmp_path / "missing.parquet"), "evaluation")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="not readable Parquet"):
+        tables.read_table(str(tmp_path / "junk.parquet"), "evaluation")
+
+
+def test_list_columns_must_have_equal_lengths():
+    arrow = pa.table(
+        {
+            "sample_id": pa.array([0, 1]),
+            "x": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32())),
+            "y": pa.array([0, 1]),
+        }
+    )
+    with pytest.raises(DataError, match="differ in length"):
+        tables.validate(arrow, "dataset")
+
+
+def test_every_table_accepts_a_valid_row():
+    rows = {
+        "dataset": {"sample_id": [0], "x": [np.zeros(4, np.float32)], "y": [1]},
+        "mixed_samples": {"sample_id": [0], "partner_id": [3], "x": [np.zeros(4, np.float32)], "y": [1],
+                          "y_partner": [2], "lam": [np.float32(0.25)]},
+        "train_history": {"epoch": [1], "train_loss": [1.0], "val_loss": [1.0], "val_accuracy": [0.5],
+                          "lr": [0.1], "samples_per_s": [10.0], "epoch_seconds": [1.0], "world_size": [2], "attempt": [0]},
+        "trials": {"trial": ["t00"], "method": ["mixup"], "alpha": [0.2], "epochs_run": [2], "stopped_early": [True],
+                   "val_loss": [0.1], "val_accuracy": [0.9], "checkpoint": ["models/trials/t00"]},
+        "merges": {"method": ["uniform_soup"], "num_models": [4], "members": ["a,b"], "val_loss": [0.1],
+                   "val_accuracy": [0.9], "seconds": [0.5], "checkpoint": ["m.safetensors"]},
+        "evaluation": _evaluation_rows().iloc[:1].to_dict("list"),
+    }
+    assert rows.keys() == tables.TABLES.keys()
+    for name, row in rows.items():
+        sink = io.BytesIO()
+        arrow = tables.to_arrow(pd.DataFrame(row), name)
+        sink.write(tables.parquet_bytes(arrow))
+        assert pq.read_table(io.BytesIO(sink.getvalue())).num_rows == 1

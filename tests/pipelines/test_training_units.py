@@ -1,0 +1,111 @@
+"""The training pieces that need no Ray: batching, schedules, optimizer state, GPU choice."""
+
+import math
+
+import pytest
+import torch
+
+from pipelines.config import OptimParams
+from pipelines.data import ArrayDataset
+from pipelines.errors import ConfigError, DataError
+from pipelines.models import ModelCard, build_model
+from pipelines.mixing import MixingSpec
+from pipelines.training import TrainJob, resolve_use_gpu
+from pipelines.training.batching import rank_batches, steps_per_epoch
+from pipelines.training.driver import check_fits, history_frame
+from pipelines.training.optim import build_optimizer, lr_at_epoch
+from pipelines.training.state import TrainState, load_train_state, save_train_state
+
+
+def test_two_ranks_at_b_see_exactly_one_rank_at_2b():
+    one = rank_batches(101, 8, 1, 0, seed=5, epoch=3)
+    two = [rank_batches(101, 4, 2, r, seed=5, epoch=3) for r in range(2)]
+    assert len(one) == len(two[0]) == len(two[1]) == 101 // 8
+    for step, big in enumerate(one):
+        assert torch.equal(torch.cat([two[0][step], two[1][step]]), big)
+
+
+def test_batches_are_disjoint_seeded_and_change_per_epoch():
+    ranks = [rank_batches(100, 10, 3, r, seed=1, epoch=0) for r in range(3)]
+    seen = torch.cat([torch.cat(b) for b in ranks])
+    assert seen.unique().numel() == seen.numel() == 90  # 100 // 30 = 3 steps x 30
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0], rank_batches(100, 10, 3, 0, seed=1, epoch=0)))
+    assert not torch.equal(ranks[0][0], rank_batches(100, 10, 3, 0, seed=1, epoch=1)[0])
+    with pytest.raises(ValueError, match="do not fill"):
+        rank_batches(10, 8, 2, 0, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="rank 2"):
+        rank_batches(10, 1, 2, 2, seed=0, epoch=0)
+    assert steps_per_epoch(1259, 32, 2) == 19
+
+
+def test_lr_schedule_values():
+    cosine = OptimParams(lr=0.1, schedule="cosine", warmup_epochs=2)
+    assert [round(lr_at_epoch(cosine, e, 6), 6) for e in range(6)] == [
+        round(0.1 / 3, 6),
+        round(0.2 / 3, 6),
+        0.1,
+        round(0.05 * (1 + math.cos(math.pi / 4)), 6),
+        0.05,
+        round(0.05 * (1 + math.cos(3 * math.pi / 4)), 6),
+    ]
+    constant = OptimParams(lr=0.1, schedule="constant")
+    assert {lr_at_epoch(constant, e, 4) for e in range(4)} == {0.1}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizer_state_survives_a_checkpoint_exactly(tmp_path, optimizer):
+    card = ModelCard("mlp", (1, 4, 4), 3, seed=0)
+    settings = OptimParams(optimizer=optimizer, lr=0.1)
+    x, y = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+
+    def step(model, opt):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    model = build_model("mlp", card.input_shape, 3, 0)
+    opt = build_optimizer(model.parameters(), settings)
+    step(model, opt)
+    save_train_state(tmp_path, model.state_dict(), card, opt, TrainState(1, [{"epoch": 1}], 0))
+    step(model, opt)  # the uninterrupted second step
+
+    saved = load_train_state(tmp_path)
+    assert saved.progress == TrainState(1, [{"epoch": 1}], 0) and saved.card == card
+    resumed = build_model("mlp", card.input_shape, 3, 0)
+    resumed.load_state_dict(saved.weights)
+    resumed_opt = build_optimizer(resumed.parameters(), settings)
+    resumed_opt.load_state_dict(saved.optimizer_state)
+    step(resumed, resumed_opt)
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("setting", "gpus", "workers", "expected"),
+    [("auto", 0, 2, False), ("auto", 2, 2, True), ("auto", 1, 2, False), (False, 8, 2, False), (True, 4, 2, True)],
+)
+def test_use_gpu_resolution(setting, gpus, workers, expected):
+    assert resolve_use_gpu(setting, gpus, workers) is expected
+
+
+def test_use_gpu_true_without_gpus_names_the_key():
+    with pytest.raises(ConfigError, match="tune.use_gpu is true but the cluster has 1 GPU\\(s\\) for 2 worker"):
+        resolve_use_gpu(True, 1, 2, key="tune.use_gpu")
+
+
+def test_job_must_fit_one_global_batch():
+    job = TrainJob("r", ModelCard("mlp", (1, 2, 2), 2, 0), epochs=1, batch_size=8, optim=OptimParams(),
+                   mixing=MixingSpec(), seed=0, storage_path="/tmp", num_workers=2)
+    small = ArrayDataset(torch.zeros(15, 1, 2, 2).numpy(), torch.zeros(15, dtype=torch.int64).numpy(), torch.arange(15).numpy(), 2)
+    with pytest.raises(DataError, match="15 training samples do not fill one global batch of 8 x 2"):
+        check_fits(job, small)
+
+
+def test_history_frame_validates():
+    record = {"epoch": 1, "train_loss": 1.0, "val_loss": 0.9, "val_accuracy": 0.5, "lr": 0.1,
+              "samples_per_s": 100.0, "epoch_seconds": 1.0, "world_size": 2, "attempt": 0}
+    frame = history_frame([record, {**record, "epoch": 2}])
+    assert frame["epoch"].tolist() == [1, 2]
+    with pytest.raises(DataError):
+        history_frame([record, record])  # an epoch twice
