@@ -1,0 +1,63 @@
+"""Shared helpers for integration tests: tiny data, workspace copies of the repo, subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+# A pipeline small enough for CI that still exercises every stage for real.
+TINY_PARAMS = {
+    "augment": {"num_shards": 2},
+    "train": {"epochs": 2, "batch_size": 32, "num_workers": 2},
+    "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 2, "grace_period": 1,
+             "max_concurrent_trials": 2},
+}
+
+
+def merge_dicts(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def make_workspace(target: Path, overrides: dict) -> Path:
+    """A git-committed copy of this checkout's tracked and untracked-but-not-ignored files,
+    with ``overrides`` merged into params.yaml."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (target / "params.yaml").write_text(yaml.safe_dump(merge_dicts(params, overrides), sort_keys=False))
+    git(target, "init", "-q")
+    git(target, "add", "-A")
+    git(target, "commit", "-qm", "workspace")
+    return target
+
+
+def git(cwd: Path, *args: str) -> str:
+    identity = ["-c", "user.name=mixpipe-tests", "-c", "user.email=tests@mixpipe.invalid", "-c", "commit.gpgsign=false"]
+    return subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def run(cwd: Path, *command: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command with the venv first on PATH; fail with its output if it fails."""
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
