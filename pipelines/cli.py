@@ -48,7 +48,7 @@ def _cluster(args: argparse.Namespace) -> int:
     elif args.action == "status":
         info = local_cluster.load(args.state_dir)
         for node in info.nodes:
-            state = "alive" if local_cluster._alive(node.pid) else "gone"
+            state = "alive" if local_cluster.is_alive(node.pid) else "gone"
             print(f"{node.name:8s} pid {node.pid:7d} {state:5s} log {node.log}")
     else:
         info = local_cluster.load(args.state_dir)

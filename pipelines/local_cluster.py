@@ -127,7 +127,7 @@ def start(state_dir: str | Path, workers: int = 1, cpus_per_node: float = 1, bas
         ClusterError: a cluster from this state dir is still running, or a node failed to start.
     """
     state = Path(state_dir).resolve()
-    if (state / STATE_FILE).exists() and any(_alive(n.pid) for n in load(state).nodes):
+    if (state / STATE_FILE).exists() and any(is_alive(n.pid) for n in load(state).nodes):
         raise ClusterError(f"a cluster from {state} is still running; stop it first")
     state.mkdir(parents=True, exist_ok=True)
     token_path = state / TOKEN_FILE
@@ -180,12 +180,18 @@ def load(state_dir: str | Path) -> ClusterInfo:
     return ClusterInfo(**raw)
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie does not: once the process that started a node has exited,
+    nobody may reap it (a container's PID 1 often does not), and ``kill(pid, 0)`` still succeeds."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def stop(state_dir: str | Path, timeout: float = 30) -> list[int]:
@@ -197,14 +203,14 @@ def stop(state_dir: str | Path, timeout: float = 30) -> list[int]:
     info = load(state_dir)
     ended = []
     for node in reversed(info.nodes):
-        if not _alive(node.pid):
+        if not is_alive(node.pid):
             continue
         os.kill(node.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(node.pid) and time.monotonic() < deadline:
+        while is_alive(node.pid) and time.monotonic() < deadline:
             _reap(node.pid)
             time.sleep(0.2)
-        if _alive(node.pid):
+        if is_alive(node.pid):
             os.kill(node.pid, signal.SIGKILL)
             _reap(node.pid)
         ended.append(node.pid)

@@ -29,12 +29,18 @@ def merge_dicts(base: dict, override: dict) -> dict:
     return out
 
 
+# Results of earlier runs in this checkout: the workspace makes its own.
+OUTPUTS = ("data/", "models/", "results/", "report/", "dvclive/", "metrics.json", "dvc.lock")
+
+
 def make_workspace(target: Path, overrides: dict) -> Path:
-    """A git-committed copy of this checkout's tracked and untracked-but-not-ignored files,
-    with ``overrides`` merged into params.yaml."""
+    """A git-committed copy of this checkout's code and config (tracked and untracked-but-not-ignored
+    files, minus earlier results), with ``overrides`` merged into params.yaml."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
                             capture_output=True).stdout.decode().split("\0")
     for name in filter(None, listed):
+        if name.startswith(OUTPUTS):
+            continue
         source = REPO / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
