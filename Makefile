@@ -35,7 +35,7 @@ unit: setup
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python tools/netns.py -- env PATH="$(BIN):$$PATH" $(BIN)/python benchmarks/bench_pipeline.py
+	for script in benchmarks/bench_*.py; do $(BIN)/python tools/netns.py -- env PATH="$(BIN):$$PATH" $(BIN)/python $$script || exit 1; done
 
 clean-run-state:
 	rm -rf .mixpipe
