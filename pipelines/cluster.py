@@ -22,8 +22,9 @@ from pipelines.errors import ClusterError
 LOOPBACK = "127.0.0.1"
 ADDRESS_ENV = "RAY_ADDRESS"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
-# Off: Ray resolves the node IP to 127.0.0.1 instead of the host's primary address. Read by Ray
-# at import time, and also blocks worker nodes from joining, so it is set only for local starts.
+# Off: Ray resolves the node IP to 127.0.0.1 instead of the host's primary address. Ray reads it
+# once, at import; it also stops worker nodes from joining and a driver from finding its node on a
+# real cluster, so it is set only while Ray is imported for a local start, never left for children.
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # What never travels to a cluster with the code (Ray also honours .gitignore). gitwildmatch
@@ -69,9 +70,21 @@ def _ensure_token_auth(joining: bool) -> None:
             os.environ[AUTH_MODE_ENV] = "token"
 
 
+def _import_ray_for_local_start() -> None:
+    if "ray" in sys.modules:
+        return  # too late to matter; _node_ip_address below still pins the node to loopback
+    previous = os.environ.get(_LOCAL_ONLY_ENV)
+    os.environ[_LOCAL_ONLY_ENV] = "0"
+    try:
+        import ray  # noqa: F401
+    finally:
+        if previous is None:
+            del os.environ[_LOCAL_ONLY_ENV]
+        else:
+            os.environ[_LOCAL_ONLY_ENV] = previous
+
+
 def _start_local(num_cpus: int | None, temp_dir: str | None, num_gpus: int | None) -> None:
-    if "ray" not in sys.modules:
-        os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
     import ray
 
     ray.init(
@@ -109,7 +122,10 @@ def connect(
     """
     resolved = resolve_address(address)
     _ensure_token_auth(joining=bool(resolved))
+    if not resolved:
+        _import_ray_for_local_start()
     import ray
+    from ray.exceptions import AuthenticationError
 
     started_local = False
     if not ray.is_initialized():
@@ -119,7 +135,7 @@ def connect(
             else:
                 _start_local(num_cpus, temp_dir, num_gpus)
                 started_local = True
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as error:
             where = resolved or "a local instance"
             raise ClusterError(f"could not start or reach Ray at {where}: {error}") from None
     resources = ray.cluster_resources()
@@ -144,12 +160,15 @@ def ray_session(
     When joining a cluster, ``working_dir`` ships this checkout's code to every worker, so remote
     nodes import exactly the code the driver runs.
     """
-    _ensure_token_auth(joining=bool(resolve_address(address)))
+    joining = bool(resolve_address(address))
+    _ensure_token_auth(joining)
+    if not joining:
+        _import_ray_for_local_start()
     import ray
 
     already = ray.is_initialized()
     runtime_env = None
-    if working_dir and resolve_address(address):
+    if working_dir and joining:
         runtime_env = {"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES}
     connection = connect(address, num_cpus, runtime_env=runtime_env, temp_dir=temp_dir)
     try:

@@ -6,6 +6,7 @@ before any work starts, with a one-line message that names the key and the value
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -259,10 +260,14 @@ def check_registered_names(params: Params) -> None:
 
 
 def fingerprint(*objects: Any, length: int = 12) -> str:
-    """A short stable hash of JSON-able objects or pydantic models (for run and job names)."""
+    """A short stable hash of JSON-able objects, pydantic models or dataclasses (for run and job names)."""
 
     def plain(obj: Any) -> Any:
-        return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+        if isinstance(obj, BaseModel):
+            return obj.model_dump(mode="json")
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.asdict(obj)
+        return obj
 
     text = json.dumps([plain(o) for o in objects], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -30,16 +30,6 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base, *(str(p).strip("/") for p in parts)])
 
 
-def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    return fs.exists(path)
-
-
-def makedirs(url: str) -> None:
-    fs, path = filesystem(url)
-    fs.makedirs(path, exist_ok=True)
-
-
 @contextlib.contextmanager
 def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open ``url`` for writing through a temp file that is renamed into place on success.
@@ -91,27 +81,11 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_open(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def sha256_file(url: str) -> str:
+    """Hex sha256 of the file at ``url``, streamed in 1 MiB chunks."""
+    fs, path = filesystem(url)
     digest = hashlib.sha256()
     with fs.open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_file(url: str) -> str:
-    """Hex sha256 of the file at ``url``, streamed in 1 MiB chunks."""
-    fs, path = filesystem(url)
-    return _sha256_open(fs, path)
-
-
-def sha256_tree(url: str) -> str:
-    """A sha256 over every file under ``url`` (relative names and contents), order-independent."""
-    fs, root = filesystem(url)
-    if fs.isfile(root):
-        return _sha256_open(fs, root)
-    digest = hashlib.sha256()
-    for path in sorted(fs.find(root)):
-        digest.update(path[len(root):].lstrip("/").encode() + b"\0")
-        digest.update(bytes.fromhex(_sha256_open(fs, path)))
     return digest.hexdigest()

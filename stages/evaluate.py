@@ -26,10 +26,10 @@ def main(argv: list[str]) -> None:
     trials = tables.read_table(storage.join(p.paths.results, "trials.parquet"), tables.TRIALS)
     merges = tables.read_table(storage.join(p.paths.results, "merges.parquet"), tables.MERGES)
     models = [NamedModel("base", "base", base)]
-    models += [NamedModel(name, "trial", load_model(path)[0]) for name, path in zip(trials["trial"], trials["checkpoint"])]
+    models += [NamedModel(name, "trial", load_model(path)[0]) for name, path in zip(trials["trial"], trials["checkpoint"], strict=True)]
     models += [
         NamedModel(method, "merged", model_from_state(card, load_state_dict(path)))
-        for method, path in zip(merges["method"], merges["checkpoint"])
+        for method, path in zip(merges["method"], merges["checkpoint"], strict=True)
     ]
     evaluation, reliability = evaluate_models(models, test.x, test.y, p.evaluate.ece_bins, p.evaluate.batch_size)
     tables.write_table(evaluation, storage.join(p.paths.results, "evaluation.parquet"), tables.EVALUATION)

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     card = load_card(p.paths.base_model)
     weights = storage.read_bytes(storage.join(p.paths.base_model, "model.safetensors"))
     mixing = MixingSpec("none", 1.0, p.mixing.mode, p.mixing.prob, p.mixing.label_smoothing)
-    name = f"tune-{fingerprint(p.seed, t, mixing.__dict__, storage.sha256_bytes(weights))}"
+    name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights))}"
     template = TrainJob(
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,

@@ -3,7 +3,6 @@
 from pipelines.data.dataset import ArrayDataset
 from pipelines.data.io import (
     dataset_table,
-    mixed_samples_frame,
     mixed_samples_table,
     read_prepared,
     read_split,
@@ -20,7 +19,6 @@ __all__ = [
     "contiguous_share",
     "dataset_table",
     "load_dataset",
-    "mixed_samples_frame",
     "mixed_samples_table",
     "normalise",
     "read_prepared",

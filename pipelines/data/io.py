@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from pipelines import storage, tables
@@ -87,8 +86,3 @@ def mixed_samples_table(
     )
     tables.validate(arrow, tables.MIXED_SAMPLES)
     return arrow
-
-
-def mixed_samples_frame(url: str) -> pd.DataFrame:
-    """Read one validated shard."""
-    return tables.read_table(url, tables.MIXED_SAMPLES)

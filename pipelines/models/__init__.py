@@ -2,7 +2,6 @@
 
 from pipelines.models.checkpoints import (
     ModelCard,
-    copy_checkpoint,
     load_card,
     load_model,
     load_state_dict,
@@ -16,7 +15,6 @@ __all__ = [
     "MODELS",
     "ModelCard",
     "build_model",
-    "copy_checkpoint",
     "init_parameters",
     "load_card",
     "load_model",

@@ -90,10 +90,3 @@ def load_model(directory: str) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model saved in ``directory``."""
     card = load_card(directory)
     return model_from_state(card, load_state_dict(directory)), card
-
-
-def copy_checkpoint(source: str, destination: str) -> None:
-    """Copy a checkpoint directory's weights and card between any two fsspec URLs."""
-    for name in (WEIGHTS, CARD):
-        storage.write_bytes(storage.join(destination, name), storage.read_bytes(storage.join(source, name)))
-

@@ -48,7 +48,7 @@ def test_local_cluster_nodes_get_disjoint_loopback_ports(tmp_path):
     ranges = [range(p["min_worker"], p["max_worker"] + 1) for p in ports]
     assert len(singles) == len(set(singles))
     assert not any(s in r for s in singles for r in ranges)
-    assert all(a.stop <= b.start for a, b in zip(ranges, ranges[1:]))
+    assert all(a.stop <= b.start for a, b in zip(ranges, ranges[1:], strict=False))
     head = local_cluster._node_command(ports[0], tmp_path / "head", 1, None)
     worker = local_cluster._node_command(ports[1], tmp_path / "w1", 1, "127.0.0.1:46300")
     for command in (head, worker):
@@ -60,3 +60,18 @@ def test_local_cluster_nodes_get_disjoint_loopback_ports(tmp_path):
 def test_stop_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(ClusterError, match="no cluster state"):
         local_cluster.stop(tmp_path)
+
+
+def test_loopback_switch_is_read_at_import_and_not_inherited(repo_root):
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, sys\n"
+        "from pipelines.cluster import _import_ray_for_local_start\n"
+        "_import_ray_for_local_start()\n"
+        "from ray._private import ray_constants\n"
+        "print(ray_constants.ENABLE_RAY_CLUSTER, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "None"], out.stderr

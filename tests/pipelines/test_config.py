@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipelines.config import MixingParams, Params, fingerprint, load_params, parse_params
 from pipelines.errors import ConfigError
@@ -14,8 +15,8 @@ def test_repository_params_are_valid(repo_root):
 
 def test_defaults_are_valid_and_frozen():
     params = parse_params({})
-    with pytest.raises(Exception):
-        params.seed = 3  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
+        params.seed = 3
 
 
 @pytest.mark.parametrize(
@@ -75,3 +76,7 @@ def test_fingerprint_is_stable_and_sensitive():
     assert a == fingerprint(MixingParams(alpha=0.2), [1, 2])
     assert a != fingerprint(MixingParams(alpha=0.4), [1, 2])
     assert len(a) == 12
+    from pipelines.mixing import MixingSpec
+
+    assert fingerprint(MixingSpec("cutmix", 0.5)) == fingerprint({"method": "cutmix", "alpha": 0.5, "mode": "elem",
+                                                                 "prob": 1.0, "label_smoothing": 0.0})

@@ -24,7 +24,7 @@ def test_registry_models_forward_backward_and_init(name):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     same = build_model(name, SHAPE, 10, seed=3)
     other = build_model(name, SHAPE, 10, seed=4)
-    for (k, a), b, c in zip(model.state_dict().items(), same.state_dict().values(), other.state_dict().values()):
+    for (k, a), b, c in zip(model.state_dict().items(), same.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
         assert not torch.equal(a, c), k
 
@@ -51,7 +51,7 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(str(tmp_path / "ckpt"), plain_state_dict(model), card)
     loaded, loaded_card = load_model(str(tmp_path / "ckpt"))
     assert loaded_card == card
-    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     wrong = ModelCard("mlp", SHAPE, 10, seed=1)
     save_checkpoint(str(tmp_path / "wrong"), plain_state_dict(model), wrong)

@@ -29,7 +29,7 @@ def test_batches_are_disjoint_seeded_and_change_per_epoch():
     ranks = [rank_batches(100, 10, 3, r, seed=1, epoch=0) for r in range(3)]
     seen = torch.cat([torch.cat(b) for b in ranks])
     assert seen.unique().numel() == seen.numel() == 90  # 100 // 30 = 3 steps x 30
-    assert all(torch.equal(a, b) for a, b in zip(ranks[0], rank_batches(100, 10, 3, 0, seed=1, epoch=0)))
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0], rank_batches(100, 10, 3, 0, seed=1, epoch=0), strict=True))
     assert not torch.equal(ranks[0][0], rank_batches(100, 10, 3, 0, seed=1, epoch=1)[0])
     with pytest.raises(ValueError, match="do not fill"):
         rank_batches(10, 8, 2, 0, seed=0, epoch=0)
@@ -76,7 +76,7 @@ def test_optimizer_state_survives_a_checkpoint_exactly(tmp_path, optimizer):
     resumed_opt = build_optimizer(resumed.parameters(), settings)
     resumed_opt.load_state_dict(saved.optimizer_state)
     step(resumed, resumed_opt)
-    for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in tmp_path.iterdir())
 
