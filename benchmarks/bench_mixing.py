@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_mixing.py [--batch 256] [--repeats 30]
 
 The baseline applies per-element λ the way timm's ``Mixup._mix_elem`` does: a Python loop over
-the batch, one λ (and for CutMix one box) per sample. Both run in this process on the same
+the batch, one λ (and one box, Fourier mask, resize or saliency map) per sample. Both run in this process on the same
 256 x 3 x 32 x 32 float32 batch; the table prints the ratio.
 """
 
@@ -16,6 +16,7 @@ import random
 import time
 
 import torch
+import torch.nn.functional as F
 
 from pipelines.mixing import get_mixer
 from pipelines.seeding import torch_generator
@@ -48,6 +49,63 @@ def loop_cutmix(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tens
     return out
 
 
+def loop_fmix(x: torch.Tensor, alpha: float, rng: random.Random, decay_power: float = 3.0) -> torch.Tensor:
+    """One Fourier mask per sample, built and binarised sample by sample."""
+    out = x.clone()
+    b, _, h, w = x.shape
+    partner = list(range(b))
+    rng.shuffle(partner)
+    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    scale = torch.sqrt(fx * fx + fy * fy).clamp(min=1.0 / max(h, w)) ** -decay_power
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))
+    for i in range(b):
+        lam = rng.betavariate(alpha, alpha)
+        real = torch.randn(scale.shape, generator=generator, dtype=torch.float64)
+        imag = torch.randn(scale.shape, generator=generator, dtype=torch.float64)
+        noise = torch.fft.irfftn(torch.complex(real * scale, imag * scale), s=(h, w)).flatten()
+        keep = torch.zeros(h * w, dtype=torch.bool)
+        keep[noise.argsort(descending=True)[: round(lam * h * w)]] = True
+        out[i] = torch.where(keep.view(1, h, w), x[i], x[partner[i]])
+    return out
+
+
+def loop_resizemix(x: torch.Tensor, alpha: float, rng: random.Random, scope=(0.1, 0.8)) -> torch.Tensor:
+    out = x.clone()
+    b, _, h, w = x.shape
+    partner = list(range(b))
+    rng.shuffle(partner)
+    for i in range(b):
+        tau = scope[0] + (scope[1] - scope[0]) * rng.betavariate(alpha, alpha)
+        ph, pw = max(1, round(tau * h)), max(1, round(tau * w))
+        y0, x0 = rng.randrange(h - ph + 1), rng.randrange(w - pw + 1)
+        patch = F.interpolate(x[partner[i]].unsqueeze(0), size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        out[i, :, y0 : y0 + ph, x0 : x0 + pw] = patch
+    return out
+
+
+def loop_saliencymix(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tensor:
+    out = x.clone()
+    b, _, h, w = x.shape
+    partner = list(range(b))
+    rng.shuffle(partner)
+    for i in range(b):
+        lam = rng.betavariate(alpha, alpha)
+        source = x[partner[i]]
+        spectrum = torch.fft.fft2(source.mean(0))
+        log_amplitude = torch.log(spectrum.abs().clamp(min=1e-8))
+        residual = log_amplitude - F.avg_pool2d(log_amplitude[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
+        saliency = torch.fft.ifft2(torch.polar(torch.exp(residual), torch.angle(spectrum))).abs() ** 2
+        saliency = F.avg_pool2d(saliency[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
+        cy, cx = divmod(int(saliency.argmax()), w)
+        ratio = math.sqrt(1 - lam)
+        ch, cw = int(h * ratio), int(w * ratio)
+        y0, y1 = max(cy - ch // 2, 0), min(cy - ch // 2 + ch, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx - cw // 2 + cw, w)
+        out[i, :, y0:y1, x0:x1] = source[:, y0:y1, x0:x1]
+    return out
+
+
 def best_seconds(fn, repeats: int) -> float:
     """The fastest of ``repeats`` timed calls, after one warm-up call."""
     fn()
@@ -67,16 +125,17 @@ def main() -> None:
     torch.set_num_threads(1)  # the comparison is about Python overhead, not thread count
     x = torch.randn(args.batch, 3, 32, 32, generator=torch_generator(0))
     y = torch.randint(0, 10, (args.batch,), generator=torch_generator(1))
-    loops = {"mixup": loop_mixup, "cutmix": loop_cutmix}
+    loops = {"mixup": loop_mixup, "cutmix": loop_cutmix, "fmix": loop_fmix, "resizemix": loop_resizemix,
+             "saliencymix": loop_saliencymix}
     print(f"batch {args.batch} x 3 x 32 x 32 float32, elem mode, 1 thread, best of {args.repeats}")
-    print(f"{'method':8s} {'vectorised samples/s':>22s} {'loop samples/s':>16s} {'speed-up':>9s}")
+    print(f"{'method':12s} {'vectorised samples/s':>22s} {'loop samples/s':>16s} {'speed-up':>9s}")
     for name, loop in loops.items():
         mixer = get_mixer(name, alpha=1.0, mode="elem", prob=1.0)
         generator = torch_generator(2)
         rng = random.Random(2)
         fast = best_seconds(lambda m=mixer, g=generator: m(x, y, generator=g), args.repeats)
         slow = best_seconds(lambda f=loop, r=rng: f(x, 1.0, r), args.repeats)
-        print(f"{name:8s} {args.batch / fast:22,.0f} {args.batch / slow:16,.0f} {slow / fast:8.1f}x")
+        print(f"{name:12s} {args.batch / fast:22,.0f} {args.batch / slow:16,.0f} {slow / fast:8.1f}x")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.mixing import boxes as _boxes  # noqa: F401  (registers cutmix)
+from pipelines.mixing import boxes as _boxes  # noqa: F401  (registers cutmix, resizemix)
+from pipelines.mixing import fourier as _fourier  # noqa: F401  (registers fmix)
 from pipelines.mixing import interpolation as _interpolation  # noqa: F401  (registers mixup, none)
+from pipelines.mixing import regression as _regression  # noqa: F401  (registers cmixup)
+from pipelines.mixing import saliency as _saliency  # noqa: F401  (registers saliencymix)
 from pipelines.mixing.base import MIXERS, Mixer, MixOutput
+from pipelines.mixing.mixture import MixtureMixer, mixture
+from pipelines.mixing.losses import decoupled_mixup_loss, mixup_ranking_loss
 from pipelines.mixing.spec import MixingSpec
 from pipelines.mixing.targets import mixed_targets, smoothed_one_hot, soft_target_cross_entropy
 
@@ -44,9 +49,13 @@ __all__ = [
     "MixOutput",
     "Mixer",
     "MixingSpec",
+    "MixtureMixer",
+    "decoupled_mixup_loss",
     "get_mixer",
     "mix",
     "mixed_targets",
+    "mixup_ranking_loss",
+    "mixture",
     "smoothed_one_hot",
     "soft_target_cross_entropy",
 ]

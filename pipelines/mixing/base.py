@@ -18,14 +18,17 @@ class MixOutput:
 
     Attributes:
         x: the mixed inputs, same shape, dtype and device as the input.
-        index: ``LongTensor[B]``, the partner of each sample (a random permutation).
+        index: ``LongTensor[B]``, the partner of each sample (a random permutation, except for
+            methods that sample partners, see :attr:`Mixer.partners_are_a_permutation`).
         lam: ``FloatTensor[B]``, the weight of each sample's own label. For mask methods it is the
             exact fraction of the sample's own elements; an unmixed sample has ``lam == 1``.
+        y: mixed regression targets, for methods that mix targets themselves (C-Mixup); else None.
     """
 
     x: torch.Tensor
     index: torch.Tensor
     lam: torch.Tensor
+    y: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Mixer:
     prob: float = 1.0
 
     name: ClassVar[str] = ""
+    partners_are_a_permutation: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.alpha > 0:
@@ -61,10 +65,14 @@ class Mixer:
         if not 0 <= self.prob <= 1:
             raise ConfigError(f"mixing.prob must be in [0, 1], got {self.prob!r}")
 
-    def draw(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Draws:
-        """Partners, then λ, then the mix mask, always in this order (so outputs are reproducible)."""
+    def draw(
+        self, batch_size: int, generator: torch.Generator, device: torch.device, index: torch.Tensor | None = None
+    ) -> Draws:
+        """Partners (unless ``index`` is given), then λ, then the mix mask, always in this order,
+        so outputs are reproducible."""
         count = batch_size if self.mode == "elem" else 1
-        index = permutation(batch_size, generator)
+        if index is None:
+            index = permutation(batch_size, generator)
         lam = beta_sample(self.alpha, self.alpha, count, generator)
         mixed = bernoulli_mask(self.prob, count, generator)
         lam = torch.where(mixed, lam, torch.ones_like(lam)).expand(batch_size)

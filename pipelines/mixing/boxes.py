@@ -1,36 +1,66 @@
-"""Box-mask mixing: CutMix, for 1-D, 2-D and 3-D inputs, one box per sample, no batch loop."""
+"""Box-mask mixing: CutMix and ResizeMix, for 1-D, 2-D and 3-D inputs, one box per sample, no batch loop."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+
+from pipelines.errors import ConfigError
 
 from pipelines.mixing.base import Draws, Mixer, MixOutput, register
 
 
-def random_boxes(
-    lam: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator
-) -> torch.Tensor:
-    """Boolean masks ``[B, *spatial]``, True inside one random axis-aligned box per sample.
+def box_sides(lam: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Integer side lengths ``[B, ndim]`` of boxes covering a fraction ``1 - lam`` before clipping:
+    each side is ``floor(size * (1 - lam) ** (1 / ndim))``."""
+    ratio = (1 - lam.double()).clamp(0, 1) ** (1.0 / len(spatial))
+    sizes = torch.tensor(spatial, dtype=torch.float64, device=lam.device)
+    return torch.floor(ratio.unsqueeze(1) * sizes).long()
 
-    Each box side is ``floor(size * (1 - lam) ** (1 / ndim))``, so before clipping the box covers a
-    fraction ``1 - lam`` of the input; its centre is uniform over positions and the box is
-    clipped at the borders (the caller recomputes λ from the mask).
-    """
-    batch, ndim = lam.shape[0], len(spatial)
-    device = generator.device
-    ratio = (1 - lam.to(device=device, dtype=torch.float64)).clamp(0, 1) ** (1.0 / ndim)
-    inside = torch.ones((batch, *spatial), dtype=torch.bool, device=device)
+
+def uniform_centres(batch: int, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Box centres ``[B, ndim]``, uniform over positions."""
+    draws = torch.rand(batch, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
+    return torch.floor(draws * torch.tensor(spatial, dtype=torch.float64, device=generator.device)).long()
+
+
+def box_masks(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Boolean masks ``[B, *spatial]``, True inside the box of ``sides`` around ``centres``,
+    clipped at the borders (the caller recomputes λ from the mask)."""
+    batch, ndim = sides.shape
+    inside = torch.ones((batch, *spatial), dtype=torch.bool, device=sides.device)
     for axis, size in enumerate(spatial):  # over at most 3 axes, never over the batch
-        side = torch.floor(ratio * size).long()
-        centre = torch.floor(torch.rand(batch, generator=generator, dtype=torch.float64, device=device) * size)
-        low = (centre.long() - side // 2).clamp(0, size)
-        high = (centre.long() - side // 2 + side).clamp(0, size)
-        positions = torch.arange(size, device=device)
+        low = (centres[:, axis] - sides[:, axis] // 2).clamp(0, size)
+        high = (centres[:, axis] - sides[:, axis] // 2 + sides[:, axis]).clamp(0, size)
+        positions = torch.arange(size, device=sides.device)
         along = (positions >= low[:, None]) & (positions < high[:, None])  # [B, size]
         view = [batch] + [1] * ndim
         view[axis + 1] = size
         inside &= along.reshape(view)
     return inside
+
+
+def random_boxes(lam: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Boxes of area ``1 - lam`` (before clipping) centred uniformly at random, as in CutMix."""
+    lam = lam.to(generator.device)
+    return box_masks(box_sides(lam, spatial), uniform_centres(lam.shape[0], spatial, generator), spatial)
+
+
+def paste_boxes(x: torch.Tensor, draws: Draws, boxes: torch.Tensor, source: torch.Tensor) -> MixOutput:
+    """Take ``source`` inside the boxes of mixed samples and ``x`` elsewhere; λ is the own fraction."""
+    spatial = boxes.shape[1:]
+    boxes = boxes.to(x.device) & draws.mixed.reshape(-1, *([1] * len(spatial)))
+    own = 1.0 - boxes.flatten(1).sum(1, dtype=torch.float64) / boxes[0].numel()
+    return MixOutput(x=torch.where(boxes.unsqueeze(1), source, x), index=draws.index, lam=own.to(torch.float32))
+
+
+def check_spatial(name: str, x: torch.Tensor) -> tuple[int, ...]:
+    spatial = tuple(x.shape[2:])
+    if not 1 <= len(spatial) <= 3:
+        raise ValueError(f"{name} takes (B, C, *spatial) inputs with 1-3 spatial axes, got {tuple(x.shape)}")
+    return spatial
 
 
 @register("cutmix")
@@ -43,14 +73,76 @@ class CutMix(Mixer):
     """
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
-        spatial = tuple(x.shape[2:])
-        if not 1 <= len(spatial) <= 3:
-            raise ValueError(f"cutmix takes (B, C, *spatial) inputs with 1-3 spatial axes, got {tuple(x.shape)}")
+        spatial = check_spatial("cutmix", x)
         if self.mode == "batch":
             boxes = random_boxes(draws.lam[:1], spatial, generator).expand(x.shape[0], *spatial)
         else:
             boxes = random_boxes(draws.lam, spatial, generator)
-        boxes = boxes.to(x.device) & draws.mixed.reshape(-1, *([1] * len(spatial)))
-        own = 1.0 - boxes.flatten(1).sum(1, dtype=torch.float64) / boxes[0].numel()
-        mixed_x = torch.where(boxes.unsqueeze(1), x[draws.index], x)
-        return MixOutput(x=mixed_x, index=draws.index, lam=own.to(torch.float32))
+        return paste_boxes(x, draws, boxes, x[draws.index])
+
+
+def resize_into_boxes(source: torch.Tensor, starts: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+    """Each ``source[b]`` shrunk (bilinear) into the box ``starts[b] .. starts[b] + sides[b]``.
+
+    One batched ``affine_grid`` + ``grid_sample``: inside its box, output position u samples the
+    source at ``(u - centre) / half_width`` (normalised coordinates), which is a resize with the
+    half-pixel convention of ``F.interpolate(..., align_corners=False)``. Outside the box the
+    values are meaningless; callers paste only the box.
+    """
+    batch, channels, *spatial = source.shape
+    if len(spatial) == 1:  # grid_sample is 2-D or 3-D: a 1-D signal is an image of height 1
+        one = torch.zeros_like(starts[:, :1])
+        out = resize_into_boxes(source.unsqueeze(2), torch.cat([one, starts], 1), torch.cat([one + 1, sides], 1))
+        return out.squeeze(2)
+    sizes = torch.tensor(spatial, dtype=torch.float64, device=source.device)
+    low = -1 + 2 * starts.double().to(source.device) / sizes
+    high = -1 + 2 * (starts + sides).double().to(source.device) / sizes
+    centre, half = (low + high) / 2, (high - low) / 2
+    ndim = len(spatial)
+    theta = torch.zeros(batch, ndim, ndim + 1, dtype=torch.float64, device=source.device)
+    for row, axis in enumerate(reversed(range(ndim))):  # grid coordinates run (x, y[, z]): last axis first
+        theta[:, row, row] = 1 / half[:, axis]
+        theta[:, row, ndim] = -centre[:, axis] / half[:, axis]
+    work = source if source.is_floating_point() and source.dtype != torch.bfloat16 else source.float()
+    grid = F.affine_grid(theta.to(work.dtype), [batch, channels, *spatial], align_corners=False)
+    return F.grid_sample(work, grid, mode="bilinear", padding_mode="border", align_corners=False).to(source.dtype)
+
+
+@register("resizemix")
+@dataclass(frozen=True)
+class ResizeMix(Mixer):
+    """ResizeMix (Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and True
+    Labels", arXiv:2012.11101, 2020).
+
+    The whole partner, shrunk by a factor ``tau`` on every axis, is pasted at a uniform random
+    position; ``lam`` is the exact fraction of the sample's own elements left. ``tau`` lies in
+    ``scope``: ``tau = scope[0] + (scope[1] - scope[0]) * b`` with ``b ~ Beta(alpha, alpha)``, so
+    ``alpha = 1`` gives the paper's uniform scale.
+
+    Args:
+        scope: smallest and largest scale of the pasted partner, in (0, 1].
+    """
+
+    alpha: float = 1.0
+    scope: tuple[float, float] = (0.1, 0.8)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        low, high = self.scope
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"mixing.scope must satisfy 0 < low <= high <= 1, got {tuple(self.scope)!r}")
+
+    def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
+        spatial = check_spatial("resizemix", x)
+        low, high = self.scope
+        count = 1 if self.mode == "batch" else x.shape[0]
+        tau = low + (high - low) * draws.lam[:count].double().to(generator.device)
+        sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
+        sides = torch.round(tau.unsqueeze(1) * sizes).long().clamp(min=1)
+        room = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
+        starts = torch.floor(room * (sizes - sides + 1)).long()
+        sides, starts = sides.expand(x.shape[0], -1), starts.expand(x.shape[0], -1)
+        centres = starts + sides // 2  # box_masks centres a box of `sides` at start + side // 2
+        boxes = box_masks(sides, centres, spatial)
+        pasted = resize_into_boxes(x[draws.index], starts, sides)
+        return paste_boxes(x, draws, boxes, pasted)

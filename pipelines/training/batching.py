@@ -38,3 +38,8 @@ def rank_batches(
         order[k * global_batch + start : k * global_batch + start + per_worker_batch] for k in range(steps)
     ]
 
+
+
+def mixing_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    """The seed of one rank's mixing draws at one step: ranks never share λ or partners."""
+    return derive_seed(seed, "mix", rank, epoch, step)

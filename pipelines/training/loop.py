@@ -15,9 +15,9 @@ from safetensors.torch import load as load_safetensors
 
 from pipelines.mixing import mixed_targets, soft_target_cross_entropy
 from pipelines.models import build_model, plain_state_dict
-from pipelines.seeding import derive_seed, torch_generator
+from pipelines.seeding import torch_generator
 from pipelines.data import contiguous_share
-from pipelines.training.batching import rank_batches
+from pipelines.training.batching import mixing_seed, rank_batches
 from pipelines.training.job import TrainJob
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, load_train_state, save_train_state
@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for step, index in enumerate(batches):
             index = index.to(device)
             inputs, labels = x_train[index], y_train[index]
-            generator = torch_generator(derive_seed(job.seed, "mix", rank, epoch, step), device)
+            generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), device)
             mixed = mixer(inputs, labels, generator=generator)
             target = mixed_targets(labels, mixed, card.num_classes, job.mixing.label_smoothing)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):

@@ -35,7 +35,7 @@ def test_defaults_are_valid_and_frozen():
         ({"merge": {"methods": []}}, "merge.methods must list at least one name"),
         ({"augment": {"methods": ["mixup", "mixup"]}}, "augment.methods lists ['mixup'] more than once"),
         ({"seed": -1}, "seed input should be greater than or equal to 0, got -1"),
-        ({"mixing": {"method": "cutmx"}}, "mixing.method: unknown mixing method 'cutmx'; known: cutmix, mixup, none"),
+        ({"mixing": {"method": "cutmx"}}, "mixing.method: unknown mixing method 'cutmx'; known: cmixup, cutmix, fmix, mixup, none, resizemix, saliencymix"),
         ({"train": {"model": "vit"}}, "train.model: unknown model 'vit'"),
         ({"merge": {"methods": ["uniform_soup", "tes"]}}, "merge.methods.1: unknown merge method 'tes'"),
         ({"tune": {"methods": ["mixup", "fmixx"]}}, "tune.methods.1: unknown mixing method 'fmixx'"),

@@ -6,7 +6,17 @@ import torch.nn.functional as F
 from scipy import stats
 
 from pipelines.errors import ConfigError, UnknownNameError
-from pipelines.mixing import MIXERS, MixingSpec, get_mixer, mix, mixed_targets, smoothed_one_hot, soft_target_cross_entropy
+from pipelines.mixing import (
+    MIXERS,
+    MixingSpec,
+    decoupled_mixup_loss,
+    get_mixer,
+    mix,
+    mixed_targets,
+    mixup_ranking_loss,
+    smoothed_one_hot,
+    soft_target_cross_entropy,
+)
 from pipelines.mixing.boxes import random_boxes
 from pipelines.mixing.sampling import beta_sample
 from pipelines.seeding import torch_generator
@@ -24,13 +34,22 @@ def test_contract_every_method(name, mode, b):
     x, y = batch(b)
     out = mix(name, x, y, generator=torch_generator(1), alpha=1.0, mode=mode, prob=1.0)
     assert out.x.shape == x.shape and out.x.dtype == x.dtype and out.x.device == x.device
-    assert out.index.dtype == torch.int64 and sorted(out.index.tolist()) == list(range(b))
+    assert out.index.dtype == torch.int64 and out.index.shape == (b,)
+    if MIXERS.get(name).partners_are_a_permutation:
+        assert sorted(out.index.tolist()) == list(range(b))
+    else:
+        assert bool(((out.index >= 0) & (out.index < b)).all())
     assert out.lam.shape == (b,) and out.lam.dtype == torch.float32
     assert bool(((out.lam >= 0) & (out.lam <= 1)).all())
     again = mix(name, x, y, generator=torch_generator(1), alpha=1.0, mode=mode, prob=1.0)
     assert torch.equal(out.x, again.x) and torch.equal(out.lam, again.lam) and torch.equal(out.index, again.index)
     if mode == "batch":
-        assert out.lam.unique().numel() == 1
+        drawn = get_mixer(name, mode="batch").draw(b, torch_generator(1), x.device).lam
+        assert drawn.unique().numel() == 1
+        if name == "saliencymix":  # one lambda, but each box sits at its partner's peak and clips there
+            assert bool((out.lam >= drawn - 1e-6).all())
+        else:
+            assert out.lam.unique().numel() == 1
 
 
 @pytest.mark.parametrize("name", [n for n in MIXERS.names() if n != "none"])
@@ -56,10 +75,11 @@ def test_mixup_is_the_convex_combination():
     assert torch.equal(out.x, x * lam + x[out.index] * (1 - lam))
 
 
+@pytest.mark.parametrize("name", ["cutmix", "fmix", "saliencymix"])
 @pytest.mark.parametrize("shape", [(2, 40), (3, 8, 8), (1, 6, 5, 4)])
-def test_cutmix_pixels_come_from_self_or_partner_and_lam_is_exact(shape):
+def test_mask_methods_take_each_element_from_self_or_partner_and_lam_is_exact(name, shape):
     x, y = batch(64, shape, seed=5)
-    out = mix("cutmix", x, y, generator=torch_generator(6), alpha=1.0)
+    out = mix(name, x, y, generator=torch_generator(6), alpha=1.0)
     own = out.x == x
     partner = out.x == x[out.index]
     assert bool((own | partner).all())
@@ -131,7 +151,7 @@ def test_bad_parameters_name_the_key():
         get_mixer("cutmix", prob=2)
     with pytest.raises(ConfigError, match="does not take"):
         get_mixer("mixup", beta=3)
-    with pytest.raises(UnknownNameError, match="known: cutmix, mixup, none"):
+    with pytest.raises(UnknownNameError, match="known: cmixup, cutmix, fmix, mixup, none, resizemix, saliencymix"):
         get_mixer("fmixx")
     with pytest.raises(ValueError, match="1-3 spatial axes"):
         mix("cutmix", torch.zeros(4, 1), torch.zeros(4), generator=torch_generator(0))
@@ -148,3 +168,215 @@ def test_no_global_rng_is_used():
     for name in MIXERS.names():
         mix(name, x, y, generator=torch_generator(0))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_fmix_keeps_round_lambda_n_own_elements():
+    x, y = batch(32, (3, 9, 7), seed=1)
+    mixer = get_mixer("fmix", alpha=0.5)
+    out = mixer(x, y, generator=torch_generator(2))
+    counts = (out.lam.double() * 63).round()
+    assert torch.equal(out.lam, (counts / 63).float())  # float32 of k / N for integer k
+    # the same draws: lam_i was round(Beta draw * N) / N
+    draws = mixer.draw(32, torch_generator(2), x.device)
+    assert torch.equal(out.lam, (torch.round(draws.lam.double() * 63) / 63).float())
+
+
+def test_fmix_masks_are_low_frequency():
+    """Neighbouring positions agree far more often than in a random mask of the same size."""
+    from pipelines.mixing.fourier import low_frequency_noise, rank_masks
+
+    noise = low_frequency_noise(200, (32, 32), 3.0, torch_generator(0)).reshape(200, -1)
+    own = torch.full((200,), 512)
+    masks = rank_masks(noise, own, torch.zeros(200, dtype=torch.long)).reshape(200, 32, 32)
+    shuffled = masks.flatten(1)[:, torch.randperm(1024, generator=torch_generator(1))].reshape(200, 32, 32)
+
+    def boundary(m):
+        return ((m[:, 1:] != m[:, :-1]).double().mean() + (m[:, :, 1:] != m[:, :, :-1]).double().mean()) / 2
+
+    assert torch.equal(masks.flatten(1).sum(1), torch.full((200,), 512.0, dtype=masks.dtype))
+    assert boundary(masks) < 0.2 * boundary(shuffled)
+
+
+def test_fmix_soft_edges_blend_and_keep_the_mean():
+    b = 16
+    x = torch.arange(1.0, b + 1).view(b, 1, 1, 1).expand(b, 1, 12, 12).contiguous()
+    out = mix("fmix", x, torch.zeros(b), generator=torch_generator(4), alpha=1.0, max_soft=0.1)
+    differs = out.index != torch.arange(b)
+    partner = x[out.index]
+    weight = (out.x - partner)[differs] / (x - partner)[differs]  # the mask, recovered
+    assert bool(((weight >= -1e-6) & (weight <= 1 + 1e-6)).all())
+    assert ((weight > 1e-6) & (weight < 1 - 1e-6)).any()  # some soft values
+    assert torch.allclose(weight.flatten(1).mean(1), out.lam[differs], atol=1e-5)
+
+
+def test_fmix_parameters_are_checked():
+    with pytest.raises(ConfigError, match="mixing.decay_power must be > 0, got 0"):
+        get_mixer("fmix", decay_power=0)
+    with pytest.raises(ConfigError, match="mixing.max_soft must be in \\[0, 0.5\\], got 0.7"):
+        get_mixer("fmix", max_soft=0.7)
+
+
+@pytest.mark.parametrize("shape", [(2, 40), (3, 12, 10), (1, 6, 8, 10)])
+def test_resizemix_pastes_the_resized_partner_and_keeps_the_rest(shape):
+    x, y = batch(12, shape, seed=8)
+    out = mix("resizemix", x, y, generator=torch_generator(9), alpha=1.0, scope=(0.3, 0.7))
+    spatial = shape[1:]
+    size = math.prod(spatial)
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(spatial)]
+    for i in range(12):
+        taken = (out.x[i] != x[i]).any(0)
+        where = taken.nonzero()
+        if out.index[i] == i or where.numel() == 0:
+            continue
+        low, high = where.min(0).values, where.max(0).values + 1
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+        region = torch.zeros_like(taken)
+        region[box] = True
+        assert torch.equal(out.x[i][:, ~region], x[i][:, ~region])  # outside the box: own values
+        assert out.lam[i] == pytest.approx(1 - region.sum().item() / size)
+        expected = F.interpolate(x[out.index[i]].unsqueeze(0), size=tuple((high - low).tolist()), mode=mode,
+                                 align_corners=False)[0]
+        # float32 sampling grids: ~1e-5 off F.interpolate; a wrong mapping is off by O(1)
+        torch.testing.assert_close(out.x[i][(slice(None), *box)], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resizemix_scale_stays_in_scope():
+    x, y = batch(500, (1, 20, 20), seed=3)
+    out = mix("resizemix", x, y, generator=torch_generator(5), scope=(0.2, 0.5))
+    area = 1 - out.lam
+    assert area.min() >= 0.2**2 - 0.01 and area.max() <= 0.5**2 + 0.03
+    with pytest.raises(ConfigError, match="mixing.scope must satisfy"):
+        get_mixer("resizemix", scope=(0.5, 0.2))
+
+
+def test_saliency_peak_finds_a_planted_blob():
+    from pipelines.mixing.saliency import saliency_peaks
+
+    x = torch.zeros(3, 3, 32, 32) + 0.01 * torch.randn(3, 3, 32, 32, generator=torch_generator(0))
+    spots = [(5, 7), (20, 25), (28, 3)]
+    for i, (r, c) in enumerate(spots):
+        x[i, :, r - 1 : r + 2, c - 1 : c + 2] += 1.0
+    peaks = saliency_peaks(x)
+    for (r, c), peak in zip(spots, peaks.tolist(), strict=True):
+        assert abs(peak[0] - r) <= 2 and abs(peak[1] - c) <= 2
+
+
+def test_saliencymix_centres_the_box_on_the_partner_peak():
+    from pipelines.mixing.saliency import saliency_peaks
+
+    x, y = batch(16, (3, 24, 24), seed=2)
+    x[:, :, 4:7, 15:18] += 3.0  # every image's salient spot
+    out = mix("saliencymix", x, y, generator=torch_generator(3), alpha=1.0)
+    peaks = saliency_peaks(x[out.index])
+    for i in range(16):
+        taken = (out.x[i] != x[i]).any(0)
+        if taken.any():
+            assert taken[tuple(peaks[i].tolist())]  # the partner's peak lies inside the pasted box
+
+
+def test_decoupled_loss_with_eta_zero_is_the_mixup_cross_entropy():
+    x, y = batch(32)
+    out = mix("mixup", x, y, generator=torch_generator(1))
+    logits = torch.randn(32, 10, generator=torch_generator(2))
+    plain = soft_target_cross_entropy(logits, mixed_targets(y, out, 10))
+    assert torch.equal(decoupled_mixup_loss(logits, y, out, 10, eta=0.0), plain)
+
+
+def test_decoupled_regulariser_by_hand():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 0.3, 0.3, 0.3], [1.0, 2.0, 3.0, 4.0]])
+    y = torch.tensor([0, 2, 0])
+    from pipelines.mixing import MixOutput
+
+    # sample 0 mixes classes 0 and 2; sample 1 mixes 2 and 0; sample 2 is paired with itself
+    out = MixOutput(x=torch.zeros(3), index=torch.tensor([1, 0, 2]), lam=torch.tensor([0.7, 0.4, 0.6]))
+    eta = 0.5
+
+    def log_softmax_without(row, keep, drop):
+        others = [k for k in range(4) if k != drop]
+        return logits[row, keep] - torch.logsumexp(logits[row, others], 0)
+
+    expected = []
+    for row, (a, b, lam) in enumerate([(0, 2, 0.7), (2, 0, 0.4), (0, 0, 0.6)]):
+        ce = -(lam * torch.log_softmax(logits[row], 0)[a] + (1 - lam) * torch.log_softmax(logits[row], 0)[b])
+        extra = 0.0 if a == b else -(log_softmax_without(row, a, b) + log_softmax_without(row, b, a))
+        expected.append(ce + eta * extra)
+    assert torch.allclose(decoupled_mixup_loss(logits, y, out, 4, eta=eta), torch.stack(expected).mean())
+
+
+def test_ranking_loss_penalises_overconfident_mixed_samples():
+    clean = torch.tensor([[4.0, 0.0], [0.0, 0.0]])  # confidences ~0.982 and 0.5
+    calm = torch.tensor([[0.0, 0.0], [0.0, 0.0]])  # 0.5 each
+    assert mixup_ranking_loss(calm, clean, margin=0.0).item() == 0.0  # sample 1: 0.5 - 0.5 = 0
+    loud = torch.tensor([[9.0, 0.0], [3.0, 0.0]])
+    conf = torch.softmax(loud, -1).max(-1).values
+    clean_conf = torch.softmax(clean, -1).max(-1).values
+    expected = torch.relu(conf - clean_conf + 0.1).mean()
+    assert mixup_ranking_loss(loud, clean, margin=0.1) == pytest.approx(expected.item())
+    assert expected > 0
+
+
+def test_mixture_per_sample_takes_each_sample_from_its_pick():
+    from pipelines.mixing import mixture
+
+    x, y = batch(400, (1, 6, 6), seed=4)
+    combined = mixture({"mixup": 1.0, "cutmix": 3.0}, per="elem", params={"mixup": {"alpha": 0.5}})
+    out = combined(x, y, generator=torch_generator(7))
+    assert sorted(out.index.tolist()) == list(range(400))
+    partner = x[out.index]
+    self_or_partner = ((out.x == x) | (out.x == partner)).flatten(1).all(1)  # cutmix rows
+    assert 0.65 < self_or_partner.double().mean().item() < 0.85  # about 3 in 4 are cutmix
+    again = combined(x, y, generator=torch_generator(7))
+    assert torch.equal(out.x, again.x) and torch.equal(out.lam, again.lam)
+    # mixup rows follow the mixup formula with their own lambda
+    rows = ~self_or_partner
+    lam = out.lam[rows].view(-1, 1, 1, 1)
+    assert torch.allclose(out.x[rows], x[rows] * lam + partner[rows] * (1 - lam))
+
+
+def test_mixture_per_batch_uses_one_method():
+    from pipelines.mixing import mixture
+
+    x, y = batch(64, (1, 6, 6))
+    for seed in range(6):
+        out = mixture({"mixup": 1.0, "cutmix": 1.0}, per="batch")(x, y, generator=torch_generator(seed))
+        cut = ((out.x == x) | (out.x == x[out.index])).flatten(1).all(1)
+        assert bool(cut.all()) or int(cut.sum()) <= 2  # all cutmix, or mixup (rare exact ties aside)
+
+
+def test_mixture_errors():
+    from pipelines.mixing import mixture
+
+    with pytest.raises(ConfigError, match="weights must be >= 0"):
+        mixture({"mixup": -1.0, "cutmix": 1.0})
+    with pytest.raises(ConfigError, match="not in the mixture: \\['fmix'\\]"):
+        mixture({"mixup": 1.0}, params={"fmix": {}})
+    with pytest.raises(UnknownNameError):
+        mixture({"mixupp": 1.0})
+
+
+def test_cmixup_mixes_inputs_and_targets_with_near_partners():
+    y = torch.cat([torch.zeros(50), torch.full((50,), 100.0)]) + torch.rand(100, generator=torch_generator(0))
+    x = torch.randn(100, 2, 8, generator=torch_generator(1))
+    out = mix("cmixup", x, y, generator=torch_generator(2), alpha=1.0, bandwidth=1.0)
+    assert out.y is not None and out.y.shape == y.shape
+    assert bool(((out.index < 50) == (torch.arange(100) < 50)).all())  # partners from the same cluster
+    assert bool((out.index != torch.arange(100)).all())  # never itself
+    lam = out.lam
+    assert torch.equal(out.y, y * lam + y[out.index] * (1 - lam))
+    assert torch.equal(out.x, x * lam.view(-1, 1, 1) + x[out.index] * (1 - lam.view(-1, 1, 1)))
+
+
+def test_cmixup_wide_kernel_is_close_to_uniform():
+    from pipelines.mixing.regression import label_kernel_partners
+
+    y = torch.linspace(0, 1, 8)
+    counts = torch.zeros(8, 8)
+    generator = torch_generator(3)
+    for _ in range(2000):
+        partners = label_kernel_partners(y, 1e3, generator)
+        counts[torch.arange(8), partners] += 1
+    off_diagonal = counts[~torch.eye(8, dtype=torch.bool)]
+    assert counts.diagonal().sum() == 0
+    assert stats.chisquare(off_diagonal.numpy()).pvalue > 0.001
+    with pytest.raises(ConfigError, match="mixing.bandwidth must be > 0"):
+        get_mixer("cmixup", bandwidth=0)

@@ -11,7 +11,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.models import ModelCard, build_model
 from pipelines.mixing import MixingSpec
 from pipelines.training import TrainJob, resolve_use_gpu
-from pipelines.training.batching import rank_batches, steps_per_epoch
+from pipelines.training.batching import mixing_seed, rank_batches, steps_per_epoch
 from pipelines.training.driver import check_fits, history_frame
 from pipelines.training.optim import build_optimizer, lr_at_epoch
 from pipelines.training.state import TrainState, load_train_state, save_train_state
@@ -109,3 +109,19 @@ def test_history_frame_validates():
     assert frame["epoch"].tolist() == [1, 2]
     with pytest.raises(DataError):
         history_frame([record, record])  # an epoch twice
+
+
+def test_ranks_and_steps_draw_different_mixing():
+    from pipelines.mixing import get_mixer
+    from pipelines.seeding import torch_generator
+
+    mixer = get_mixer("mixup", alpha=1.0)
+    x, y = torch.randn(16, 1, 4, 4), torch.arange(16) % 4
+
+    def draw(rank, epoch, step):
+        return mixer(x, y, generator=torch_generator(mixing_seed(7, rank, epoch, step)))
+
+    base = draw(0, 0, 0)
+    for other in (draw(1, 0, 0), draw(0, 0, 1), draw(0, 1, 0)):
+        assert not torch.equal(base.lam, other.lam) and not torch.equal(base.index, other.index)
+    assert torch.equal(draw(1, 2, 3).lam, draw(1, 2, 3).lam)
