@@ -5,16 +5,18 @@ Usage:
 
 METHOD is one of ``augment.methods`` (dvc.yaml runs it for each). Reads ``seed``,
 ``augment.num_shards`` and ``mixing.{alpha,mode,prob}``; writes ``<shards>/METHOD/part-NNNNN.parquet``
-(``mixed_samples`` tables) and ``manifest.json`` (rows, seed and sha256 of every shard).
+(``mixed_samples`` tables), ``manifest.json`` (rows, seed and sha256 of every shard) and a
+picture of mixed examples, ``<plots>/augment/METHOD.png`` (a DVC image plot).
 """
 
 from __future__ import annotations
 
-from pipelines import storage
+from pipelines import storage, tables
 from pipelines.augmentation import build_shards, manifest
 from pipelines.cluster import ray_session
 from pipelines.data import read_prepared
 from pipelines.errors import ConfigError
+from pipelines.evaluation.report import mixed_examples_png
 from pipelines.mixing import MixingSpec
 from stages.common import code_dir, entrypoint, params
 
@@ -33,6 +35,9 @@ def main(argv: list[str]) -> None:
     for shard in shards:
         storage.write_bytes(storage.join(out, shard.file), shard.data)
     storage.write_json(storage.join(out, "manifest.json"), manifest(method, mixing, p.seed, shards))
+    first = tables.read_table(storage.join(out, shards[0].file), tables.MIXED_SAMPLES)
+    title = f"{method} (alpha={mixing.alpha:g}, {mixing.mode}): own label / partner label, λ"
+    storage.write_bytes(storage.join(p.paths.plots, "augment", f"{method}.png"), mixed_examples_png(first, train.input_shape, title))
     nodes = len({s.node_id for s in shards})
     print(f"augment {method}: {len(shards)} shards, {sum(s.rows for s in shards)} rows, on {nodes} node(s)")
 

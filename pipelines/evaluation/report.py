@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -17,6 +19,37 @@ def _save(figure, path: Path) -> str:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path.name
+
+
+def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title: str, count: int = 16) -> bytes:
+    """A grid of the first ``count`` rows of a ``mixed_samples`` table, as PNG bytes.
+
+    Images (C, H, W) are shown per-image min-max scaled (grey for one channel, RGB for three);
+    1-D inputs (C, L) as curves. Each panel is titled with its labels and λ.
+    """
+    rows = frame.head(count)
+    columns = min(8, len(rows))
+    lines = -(-len(rows) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.8 * lines), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, row in zip(axes.flat, rows.itertuples(), strict=False):
+        x = np.asarray(row.x, dtype=np.float32).reshape(input_shape)
+        if x.ndim == 2:
+            axis.axis("on")
+            axis.plot(x.T, linewidth=0.8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        else:
+            image = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+            axis.imshow(image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1), cmap="gray")
+        axis.set_title(f"{row.y}/{row.y_partner} λ={row.lam:.2f}", fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def training_curves(history: pd.DataFrame, path: Path) -> str:

@@ -42,6 +42,8 @@ def test_augment_writes_shards_that_match_their_manifest(workspace, method):
     directory = workspace / "data/shards" / method
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["method"] == method and manifest["rows"] == 1259 and len(manifest["shards"]) == 2
+    preview = workspace / "results/plots/augment" / f"{method}.png"
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for shard in manifest["shards"]:
         path = directory / shard["file"]
         assert storage.sha256_file(str(path)) == shard["sha256"]

@@ -1,0 +1,43 @@
+import pandas as pd
+
+from pipelines.evaluation.report import render_report
+
+
+def test_report_page_holds_every_table_and_figure(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "val_loss": [1.5, 0.5], "val_accuracy": [0.5, 0.875],
+                            "lr": [0.1, 0.05], "samples_per_s": [10.0, 11.0], "epoch_seconds": [1.0, 1.0],
+                            "world_size": [2, 2], "attempt": [0, 0]})
+    trials = pd.DataFrame({"trial": ["t00-mixup-a0.2"], "method": ["mixup"], "alpha": [0.2], "epochs_run": [2],
+                           "stopped_early": [False], "val_loss": [0.4], "val_accuracy": [0.9], "checkpoint": ["x"]})
+    merges = pd.DataFrame({"method": ["uniform_soup"], "num_models": [1], "members": ["t00-mixup-a0.2"],
+                           "val_loss": [0.4], "val_accuracy": [0.9], "seconds": [0.1], "checkpoint": ["y"]})
+    evaluation = pd.DataFrame({"model": ["base", "uniform_soup"], "kind": ["base", "merged"], "num_samples": [8, 8],
+                               "accuracy": [0.625, 0.75], "nll": [0.9, 0.8], "ece": [0.1, 0.2], "brier": [0.5, 0.4]})
+    reliability = pd.DataFrame({"model": ["base", "uniform_soup"], "bin": [13, 14], "lower": [13 / 15, 14 / 15],
+                                "upper": [14 / 15, 1.0], "count": [8, 8], "confidence": [0.9, 0.95], "accuracy": [0.625, 0.75]})
+    page = render_report(str(tmp_path / "report"), history, trials, merges, evaluation, reliability)
+    html = page.read_text()
+    for figure in ("training.png", "accuracy.png", "reliability.png"):
+        png = tmp_path / "report" / figure
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f'src="{figure}"' in html
+    for value in ("0.8750", "0.6250", "t00-mixup-a0.2", "uniform_soup"):
+        assert value in html
+    assert "checkpoint" not in html  # local paths stay out of the page
+
+
+def test_mixed_examples_grid_is_a_png_of_the_rows():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.evaluation.report import mixed_examples_png
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 8, 8), (3, 6, 6), (2, 40)]:
+        frame = pd.DataFrame({"x": [rng.normal(size=int(np.prod(shape))).astype(np.float32) for _ in range(10)],
+                              "y": range(10), "y_partner": range(10, 20), "lam": np.linspace(0, 1, 10)})
+        png = mixed_examples_png(frame, shape, "test", count=16)
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.width > image.height  # 8 columns, 2 rows
