@@ -30,7 +30,9 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
     rows = frame.head(count)
     columns = min(8, len(rows))
     lines = -(-len(rows) // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.8 * lines), squeeze=False)
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(1.6 * columns, 1.9 * lines + 0.4), squeeze=False, layout="constrained"
+    )
     for axis in axes.flat:
         axis.axis("off")
     for axis, row in zip(axes.flat, rows.itertuples(), strict=False):
@@ -46,7 +48,6 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
         axis.set_title(f"{row.y}/{row.y_partner} λ={row.lam:.2f}", fontsize=7)
     figure.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
-    figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return buffer.getvalue()
