@@ -22,88 +22,88 @@ from pipelines.mixing import get_mixer
 from pipelines.seeding import torch_generator
 
 
-def loop_mixup(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tensor:
+def per_sample_loop(x: torch.Tensor, alpha: float, rng: random.Random, step) -> torch.Tensor:
+    """The baseline's shape: a Python loop over the batch, one partner and one λ per sample;
+    ``step(out, i, partner, lam)`` mixes sample ``i``."""
     out = x.clone()
-    b = len(x)
-    partner = list(range(b))
+    partner = list(range(len(x)))
     rng.shuffle(partner)
-    for i in range(b):
-        lam = rng.betavariate(alpha, alpha)
-        out[i] = x[i] * lam + x[partner[i]] * (1 - lam)
+    for i in range(len(x)):
+        step(out, i, partner[i], rng.betavariate(alpha, alpha))
     return out
+
+
+def paste_centred_box(out: torch.Tensor, i: int, source: torch.Tensor, lam: float, cy: int, cx: int) -> None:
+    """CutMix's box of area 1 - lam around (cy, cx), clipped, copied from ``source`` into ``out[i]``."""
+    h, w = out.shape[-2:]
+    ratio = math.sqrt(1 - lam)
+    ch, cw = int(h * ratio), int(w * ratio)
+    y0, y1 = max(cy - ch // 2, 0), min(cy - ch // 2 + ch, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx - cw // 2 + cw, w)
+    out[i, :, y0:y1, x0:x1] = source[:, y0:y1, x0:x1]
+
+
+def loop_mixup(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tensor:
+    def step(out, i, j, lam):
+        out[i] = x[i] * lam + x[j] * (1 - lam)
+
+    return per_sample_loop(x, alpha, rng, step)
 
 
 def loop_cutmix(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tensor:
-    out = x.clone()
-    b, _, h, w = x.shape
-    partner = list(range(b))
-    rng.shuffle(partner)
-    for i in range(b):
-        lam = rng.betavariate(alpha, alpha)
-        ratio = math.sqrt(1 - lam)
-        ch, cw = int(h * ratio), int(w * ratio)
-        cy, cx = rng.randrange(h), rng.randrange(w)
-        y0, y1 = max(cy - ch // 2, 0), min(cy - ch // 2 + ch, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx - cw // 2 + cw, w)
-        out[i, :, y0:y1, x0:x1] = x[partner[i], :, y0:y1, x0:x1]
-    return out
+    h, w = x.shape[-2:]
+
+    def step(out, i, j, lam):
+        paste_centred_box(out, i, x[j], lam, rng.randrange(h), rng.randrange(w))
+
+    return per_sample_loop(x, alpha, rng, step)
 
 
 def loop_fmix(x: torch.Tensor, alpha: float, rng: random.Random, decay_power: float = 3.0) -> torch.Tensor:
     """One Fourier mask per sample, built and binarised sample by sample."""
-    out = x.clone()
-    b, _, h, w = x.shape
-    partner = list(range(b))
-    rng.shuffle(partner)
+    h, w = x.shape[-2:]
     fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
     fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
     scale = torch.sqrt(fx * fx + fy * fy).clamp(min=1.0 / max(h, w)) ** -decay_power
     generator = torch.Generator().manual_seed(rng.randrange(2**31))
-    for i in range(b):
-        lam = rng.betavariate(alpha, alpha)
+
+    def step(out, i, j, lam):
         real = torch.randn(scale.shape, generator=generator, dtype=torch.float64)
         imag = torch.randn(scale.shape, generator=generator, dtype=torch.float64)
         noise = torch.fft.irfftn(torch.complex(real * scale, imag * scale), s=(h, w)).flatten()
         keep = torch.zeros(h * w, dtype=torch.bool)
         keep[noise.argsort(descending=True)[: round(lam * h * w)]] = True
-        out[i] = torch.where(keep.view(1, h, w), x[i], x[partner[i]])
-    return out
+        out[i] = torch.where(keep.view(1, h, w), x[i], x[j])
+
+    return per_sample_loop(x, alpha, rng, step)
 
 
 def loop_resizemix(x: torch.Tensor, alpha: float, rng: random.Random, scope=(0.1, 0.8)) -> torch.Tensor:
-    out = x.clone()
-    b, _, h, w = x.shape
-    partner = list(range(b))
-    rng.shuffle(partner)
-    for i in range(b):
-        tau = scope[0] + (scope[1] - scope[0]) * rng.betavariate(alpha, alpha)
+    h, w = x.shape[-2:]
+
+    def step(out, i, j, lam):
+        tau = scope[0] + (scope[1] - scope[0]) * lam
         ph, pw = max(1, round(tau * h)), max(1, round(tau * w))
         y0, x0 = rng.randrange(h - ph + 1), rng.randrange(w - pw + 1)
-        patch = F.interpolate(x[partner[i]].unsqueeze(0), size=(ph, pw), mode="bilinear", align_corners=False)[0]
+        patch = F.interpolate(x[j].unsqueeze(0), size=(ph, pw), mode="bilinear", align_corners=False)[0]
         out[i, :, y0 : y0 + ph, x0 : x0 + pw] = patch
-    return out
+
+    return per_sample_loop(x, alpha, rng, step)
 
 
 def loop_saliencymix(x: torch.Tensor, alpha: float, rng: random.Random) -> torch.Tensor:
-    out = x.clone()
-    b, _, h, w = x.shape
-    partner = list(range(b))
-    rng.shuffle(partner)
-    for i in range(b):
-        lam = rng.betavariate(alpha, alpha)
-        source = x[partner[i]]
-        spectrum = torch.fft.fft2(source.mean(0))
+    w = x.shape[-1]
+
+    def step(out, i, j, lam):
+        spectrum = torch.fft.fft2(x[j].mean(0))
         log_amplitude = torch.log(spectrum.abs().clamp(min=1e-8))
         residual = log_amplitude - F.avg_pool2d(log_amplitude[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
         saliency = torch.fft.ifft2(torch.polar(torch.exp(residual), torch.angle(spectrum))).abs() ** 2
         saliency = F.avg_pool2d(saliency[None, None], 3, 1, 1, count_include_pad=False)[0, 0]
         cy, cx = divmod(int(saliency.argmax()), w)
-        ratio = math.sqrt(1 - lam)
-        ch, cw = int(h * ratio), int(w * ratio)
-        y0, y1 = max(cy - ch // 2, 0), min(cy - ch // 2 + ch, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx - cw // 2 + cw, w)
-        out[i, :, y0:y1, x0:x1] = source[:, y0:y1, x0:x1]
-    return out
+        paste_centred_box(out, i, x[j], lam, cy, cx)
+
+    return per_sample_loop(x, alpha, rng, step)
 
 
 def best_seconds(fn, repeats: int) -> float:
