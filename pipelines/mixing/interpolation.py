@@ -27,3 +27,7 @@ class NoMixing(Mixer):
         batch = x.shape[0]
         index = torch.arange(batch, device=x.device)
         return MixOutput(x=x, index=index, lam=torch.ones(batch, device=x.device))
+
+    def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
+        """Inside a mixture: keep every input (the shared partner is irrelevant at ``lam == 1``)."""
+        return MixOutput(x=x, index=draws.index, lam=torch.ones(x.shape[0], device=x.device))

@@ -343,6 +343,16 @@ def test_mixture_per_batch_uses_one_method():
         assert bool(cut.all()) or int(cut.sum()) <= 2  # all cutmix, or mixup (rare exact ties aside)
 
 
+def test_mixture_can_leave_samples_unmixed():
+    from pipelines.mixing import mixture
+
+    x, y = batch(200, (1, 4, 4))
+    out = mixture({"none": 1.0, "mixup": 1.0})(x, y, generator=torch_generator(5))
+    kept = out.lam == 1
+    assert 60 < int(kept.sum()) < 140
+    assert torch.equal(out.x[kept], x[kept])
+
+
 def test_mixture_errors():
     from pipelines.mixing import mixture
 
