@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -42,6 +43,19 @@ def run_state_uri(params: Params) -> str:
     if params.storage.shared_uri:
         return storage.join(params.storage.shared_uri, "ray")
     return str(Path(params.paths.run_state).resolve())
+
+
+def code_version(roots: tuple[str, ...] = ("pipelines", "stages"), base: Path | None = None) -> str:
+    """A hash of every Python source under ``roots`` (paths and contents).
+
+    Part of each Ray run name: a run with the same name *resumes*, so without the code in the
+    name, a stage that DVC re-runs after a code change would get the old code's finished run back.
+    """
+    base = base or Path.cwd()
+    digest = hashlib.sha256()
+    for path in sorted(p for root in roots for p in (base / root).rglob("*.py")):
+        digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def code_dir() -> str:

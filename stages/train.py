@@ -5,7 +5,8 @@ Usage:
 
 Reads ``seed``, ``train`` and ``mixing``; writes ``<base_model>/{model.safetensors,card.json}``,
 ``<results>/train_history.parquet`` (``train_history`` table) and DVCLive metrics under
-``dvclive/train``. The Ray run is named from its inputs' hash, so an interrupted stage resumes.
+``dvclive/train``. The Ray run is named from a hash of its params, data and code, so an interrupted
+stage resumes and a changed one starts afresh.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard, save_checkpoint
 from pipelines.seeding import derive_seed
 from pipelines.training import TrainJob, history_frame, run_training
-from stages.common import code_dir, entrypoint, params, run_state_uri
+from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
 
 LIVE_DIR = "dvclive/train"
 
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> None:
     data_hash = [storage.sha256_file(storage.join(p.paths.prepared, f"{s}.parquet")) for s in ("train", "val")]
     card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"))
     job = TrainJob(
-        run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash)}",
+        run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash, code_version())}",
         card=card,
         epochs=p.train.epochs,
         batch_size=p.train.batch_size,

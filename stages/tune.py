@@ -24,7 +24,7 @@ from pipelines.models import load_card, save_checkpoint
 from pipelines.seeding import derive_seed
 from pipelines.training import TrainJob
 from pipelines.tuning import grid, run_sweep
-from stages.common import code_dir, entrypoint, params, run_state_uri
+from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
 
 
 @entrypoint("tune")
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     card = load_card(p.paths.base_model)
     weights = storage.read_bytes(storage.join(p.paths.base_model, "model.safetensors"))
     mixing = MixingSpec("none", 1.0, p.mixing.mode, p.mixing.prob, p.mixing.label_smoothing)
-    name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights))}"
+    name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights), code_version())}"
     template = TrainJob(
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,

@@ -26,6 +26,15 @@ def uniform_centres(batch: int, spatial: tuple[int, ...], generator: torch.Gener
     return torch.floor(draws * torch.tensor(spatial, dtype=torch.float64, device=generator.device)).long()
 
 
+def inside_boxes(sides: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Centres ``[B, ndim]`` of boxes of ``sides`` placed uniformly so that they fit in ``spatial``
+    (for :func:`box_masks`, which centres a box at ``start + side // 2``)."""
+    sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
+    room = torch.rand(sides.shape, generator=generator, dtype=torch.float64, device=generator.device)
+    starts = torch.floor(room * (sizes - sides.to(generator.device) + 1)).long()
+    return starts + sides.to(generator.device) // 2
+
+
 def box_masks(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """Boolean masks ``[B, *spatial]``, True inside the box of ``sides`` around ``centres``,
     clipped at the borders (the caller recomputes λ from the mask)."""
@@ -64,21 +73,38 @@ def check_spatial(name: str, x: torch.Tensor) -> tuple[int, ...]:
 
 
 @register("cutmix")
+@dataclass(frozen=True)
 class CutMix(Mixer):
     """CutMix (Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
     Localizable Features", ICCV 2019).
 
     A box of area ``1 - lam`` is pasted from the partner; ``lam`` is then corrected to the exact
     fraction of the sample's own elements left after clipping.
+
+    Args:
+        cutmix_minmax: as timm's option: each box side is drawn uniformly between these fractions
+            of its axis (ignoring the Beta draw) and the box is kept inside the input.
     """
+
+    cutmix_minmax: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cutmix_minmax is not None and not 0 < self.cutmix_minmax[0] <= self.cutmix_minmax[1] <= 1:
+            raise ConfigError(f"mixing.cutmix_minmax must satisfy 0 < min <= max <= 1, got {tuple(self.cutmix_minmax)!r}")
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("cutmix", x)
-        if self.mode == "batch":
-            boxes = random_boxes(draws.lam[:1], spatial, generator).expand(x.shape[0], *spatial)
+        count = 1 if self.mode == "batch" else x.shape[0]
+        if self.cutmix_minmax is None:
+            boxes = random_boxes(draws.lam[:count], spatial, generator)
         else:
-            boxes = random_boxes(draws.lam, spatial, generator)
-        return paste_boxes(x, draws, boxes, x[draws.index])
+            sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
+            low, high = (torch.floor(sizes * f).long() for f in self.cutmix_minmax)
+            pick = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
+            sides = (low + torch.floor(pick * (high - low + 1)).long()).clamp(max=sizes.long())
+            boxes = box_masks(sides, inside_boxes(sides, spatial, generator), spatial)
+        return paste_boxes(x, draws, boxes.expand(x.shape[0], *spatial), x[draws.index])
 
 
 def resize_into_boxes(source: torch.Tensor, starts: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
@@ -139,10 +165,8 @@ class ResizeMix(Mixer):
         tau = low + (high - low) * draws.lam[:count].double().to(generator.device)
         sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
         sides = torch.round(tau.unsqueeze(1) * sizes).long().clamp(min=1)
-        room = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
-        starts = torch.floor(room * (sizes - sides + 1)).long()
-        sides, starts = sides.expand(x.shape[0], -1), starts.expand(x.shape[0], -1)
-        centres = starts + sides // 2  # box_masks centres a box of `sides` at start + side // 2
+        centres = inside_boxes(sides, spatial, generator)
+        sides, centres = sides.expand(x.shape[0], -1), centres.expand(x.shape[0], -1)
         boxes = box_masks(sides, centres, spatial)
-        pasted = resize_into_boxes(x[draws.index], starts, sides)
+        pasted = resize_into_boxes(x[draws.index], centres - sides // 2, sides)
         return paste_boxes(x, draws, boxes, pasted)

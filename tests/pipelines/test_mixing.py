@@ -390,3 +390,21 @@ def test_cmixup_wide_kernel_is_close_to_uniform():
     assert stats.chisquare(off_diagonal.numpy()).pvalue > 0.001
     with pytest.raises(ConfigError, match="mixing.bandwidth must be > 0"):
         get_mixer("cmixup", bandwidth=0)
+
+
+def test_cutmix_minmax_draws_sides_in_range_and_keeps_boxes_inside():
+    x, y = batch(300, (1, 16, 12), seed=6)
+    out = mix("cutmix", x, y, generator=torch_generator(8), cutmix_minmax=(0.25, 0.5))
+    taken = (out.x != x).any(1)  # [B, 16, 12]
+    sides = []
+    for i in range(300):
+        if out.index[i] == i:
+            continue
+        rows, cols = taken[i].any(1).nonzero().flatten(), taken[i].any(0).nonzero().flatten()
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert 4 <= height <= 8 and 3 <= width <= 6  # floor(16 * [0.25, 0.5]), floor(12 * [0.25, 0.5])
+        assert out.lam[i] == pytest.approx(1 - height * width / 192)  # never clipped
+        sides.append((height, width))
+    assert {h for h, _ in sides} == set(range(4, 9)) and {w for _, w in sides} == set(range(3, 7))
+    with pytest.raises(ConfigError, match="mixing.cutmix_minmax must satisfy"):
+        get_mixer("cutmix", cutmix_minmax=(0.6, 0.3))
