@@ -262,4 +262,4 @@ def submit_job(
     while status not in terminal:  # the log stream can close a moment before the status settles
         time.sleep(0.5)
         status = client.get_job_status(job_id)
-    return JobOutcome(job_id, str(status.value if hasattr(status, "value") else status), time.monotonic() - started)
+    return JobOutcome(job_id, str(status), time.monotonic() - started)

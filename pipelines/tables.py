@@ -206,8 +206,8 @@ def validate(arrow: pa.Table, table: str | TableSpec) -> None:
     try:
         spec.pandera_schema.validate(to_frame(arrow), lazy=True)
     except (SchemaError, SchemaErrors) as error:
-        first = str(error).strip().splitlines()
-        raise DataError(f"table {spec.name} failed validation: {' '.join(first)[:2000]}") from None
+        lines = str(error).strip().splitlines()
+        raise DataError(f"table {spec.name} failed validation: {' '.join(lines)[:2000]}") from None
 
 
 def parquet_bytes(arrow: pa.Table, metadata: dict[str, Any] | None = None) -> bytes:
