@@ -1,7 +1,7 @@
 """Samples/s of the vectorised mixers against a per-sample Python loop of the same method.
 
 Usage:
-    python benchmarks/bench_mixing.py [--batch 256] [--repeats 30]
+    python benchmarks/bench_mixing.py [--batch 256] [--repeats 30] [--threads 1]
 
 The baseline applies per-element λ the way timm's ``Mixup._mix_elem`` does: a Python loop over
 the batch, one λ (and one box, Fourier mask, resize or saliency map) per sample. Both run in this process on the same
@@ -121,13 +121,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1: per-sample overhead, not core count)")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # the comparison is about Python overhead, not thread count
+    torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, 32, 32, generator=torch_generator(0))
     y = torch.randint(0, 10, (args.batch,), generator=torch_generator(1))
     loops = {"mixup": loop_mixup, "cutmix": loop_cutmix, "fmix": loop_fmix, "resizemix": loop_resizemix,
              "saliencymix": loop_saliencymix}
-    print(f"batch {args.batch} x 3 x 32 x 32 float32, elem mode, 1 thread, best of {args.repeats}")
+    print(f"batch {args.batch} x 3 x 32 x 32 float32, elem mode, {args.threads} thread(s), best of {args.repeats}")
     print(f"{'method':12s} {'vectorised samples/s':>22s} {'loop samples/s':>16s} {'speed-up':>9s}")
     for name, loop in loops.items():
         mixer = get_mixer(name, alpha=1.0, mode="elem", prob=1.0)

@@ -102,6 +102,20 @@ def register(name: str):
     return add
 
 
+def partners_of(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along the batch; ``index_select`` is about twice as fast as advanced indexing on CPU."""
+    return x.index_select(0, index)
+
+
+def interpolate(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``lam * x + (1 - lam) * partner`` per sample, written over ``partner`` (which the caller owns).
+
+    One fused ``lerp`` pass instead of four elementwise ones; ``lerp`` is exact at ``lam`` 1 and 0,
+    so an unmixed sample keeps its input bit for bit.
+    """
+    return partner.lerp_(x, broadcast_per_sample(lam.to(x.dtype), x))
+
+
 def broadcast_per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a ``[B]`` tensor to ``[B, 1, 1, ...]`` to broadcast against ``like``."""
     return values.reshape(-1, *([1] * (like.ndim - 1)))

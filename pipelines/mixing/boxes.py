@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from pipelines.errors import ConfigError
 
-from pipelines.mixing.base import Draws, Mixer, MixOutput, register
+from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
 
 
 def box_sides(lam: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -35,20 +36,34 @@ def inside_boxes(sides: torch.Tensor, spatial: tuple[int, ...], generator: torch
     return starts + sides.to(generator.device) // 2
 
 
+def box_bounds(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped ``[low, high)`` corners ``[B, ndim]`` of boxes of ``sides`` around ``centres``."""
+    sizes = torch.tensor(spatial, device=sides.device)
+    low = centres - sides // 2
+    return low.clamp(min=0).minimum(sizes), (low + sides).clamp(min=0).minimum(sizes)
+
+
 def box_masks(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """Boolean masks ``[B, *spatial]``, True inside the box of ``sides`` around ``centres``,
     clipped at the borders (the caller recomputes λ from the mask)."""
     batch, ndim = sides.shape
-    inside = torch.ones((batch, *spatial), dtype=torch.bool, device=sides.device)
+    low, high = box_bounds(sides, centres, spatial)
+    inside = None
     for axis, size in enumerate(spatial):  # over at most 3 axes, never over the batch
-        low = (centres[:, axis] - sides[:, axis] // 2).clamp(0, size)
-        high = (centres[:, axis] - sides[:, axis] // 2 + sides[:, axis]).clamp(0, size)
         positions = torch.arange(size, device=sides.device)
-        along = (positions >= low[:, None]) & (positions < high[:, None])  # [B, size]
+        along = (positions >= low[:, axis, None]) & (positions < high[:, axis, None])  # [B, size]
         view = [batch] + [1] * ndim
         view[axis + 1] = size
-        inside &= along.reshape(view)
-    return inside
+        along = along.reshape(view)
+        inside = along if inside is None else inside & along
+    return inside.expand(batch, *spatial)
+
+
+def box_volumes(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Number of elements ``[B]`` inside each clipped box: what :func:`box_masks` marks, counted
+    from the corners instead of summing the masks."""
+    low, high = box_bounds(sides, centres, spatial)
+    return (high - low).prod(1)
 
 
 def random_boxes(lam: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -57,12 +72,21 @@ def random_boxes(lam: torch.Tensor, spatial: tuple[int, ...], generator: torch.G
     return box_masks(box_sides(lam, spatial), uniform_centres(lam.shape[0], spatial, generator), spatial)
 
 
-def paste_boxes(x: torch.Tensor, draws: Draws, boxes: torch.Tensor, source: torch.Tensor) -> MixOutput:
-    """Take ``source`` inside the boxes of mixed samples and ``x`` elsewhere; λ is the own fraction."""
-    spatial = boxes.shape[1:]
-    boxes = boxes.to(x.device) & draws.mixed.reshape(-1, *([1] * len(spatial)))
-    own = 1.0 - boxes.flatten(1).sum(1, dtype=torch.float64) / boxes[0].numel()
-    return MixOutput(x=torch.where(boxes.unsqueeze(1), source, x), index=draws.index, lam=own.to(torch.float32))
+def paste_boxes(
+    x: torch.Tensor, draws: Draws, sides: torch.Tensor, centres: torch.Tensor, source: torch.Tensor
+) -> MixOutput:
+    """Take ``source`` inside each mixed sample's box and ``x`` elsewhere; λ is the own fraction.
+
+    ``sides`` and ``centres`` are ``[B, ndim]``, or ``[1, ndim]`` for one box shared by the batch.
+    An unmixed sample gets an empty box, which costs nothing on top of the mask itself.
+    """
+    spatial = tuple(x.shape[2:])
+    mixed = draws.mixed[: sides.shape[0]].to(sides.device)
+    sides = torch.where(mixed.unsqueeze(1), sides, 0)
+    boxes = box_masks(sides, centres, spatial).to(x.device)
+    covered = box_volumes(sides, centres, spatial).to(x.device, torch.float64).expand(x.shape[0])
+    own = (1.0 - covered / math.prod(spatial)).to(torch.float32)
+    return MixOutput(x=torch.where(boxes.unsqueeze(1), source, x), index=draws.index, lam=own)
 
 
 def check_spatial(name: str, x: torch.Tensor) -> tuple[int, ...]:
@@ -97,14 +121,15 @@ class CutMix(Mixer):
         spatial = check_spatial("cutmix", x)
         count = 1 if self.mode == "batch" else x.shape[0]
         if self.cutmix_minmax is None:
-            boxes = random_boxes(draws.lam[:count], spatial, generator)
+            sides = box_sides(draws.lam[:count].to(generator.device), spatial)
+            centres = uniform_centres(count, spatial, generator)
         else:
             sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
             low, high = (torch.floor(sizes * f).long() for f in self.cutmix_minmax)
             pick = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
             sides = (low + torch.floor(pick * (high - low + 1)).long()).clamp(max=sizes.long())
-            boxes = box_masks(sides, inside_boxes(sides, spatial, generator), spatial)
-        return paste_boxes(x, draws, boxes.expand(x.shape[0], *spatial), x[draws.index])
+            centres = inside_boxes(sides, spatial, generator)
+        return paste_boxes(x, draws, sides, centres, partners_of(x, draws.index))
 
 
 def resize_into_boxes(source: torch.Tensor, starts: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
@@ -167,6 +192,5 @@ class ResizeMix(Mixer):
         sides = torch.round(tau.unsqueeze(1) * sizes).long().clamp(min=1)
         centres = inside_boxes(sides, spatial, generator)
         sides, centres = sides.expand(x.shape[0], -1), centres.expand(x.shape[0], -1)
-        boxes = box_masks(sides, centres, spatial)
-        pasted = resize_into_boxes(x[draws.index], centres - sides // 2, sides)
-        return paste_boxes(x, draws, boxes, pasted)
+        pasted = resize_into_boxes(partners_of(x, draws.index), centres - sides // 2, sides)
+        return paste_boxes(x, draws, sides, centres, pasted)

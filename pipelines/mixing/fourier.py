@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.mixing.base import Draws, Mixer, MixOutput, register
+from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
 from pipelines.mixing.boxes import check_spatial
 
 
@@ -94,8 +94,7 @@ class FMix(Mixer):
         own = torch.where(unmixed, size, own)
         mask = mask.reshape(batch, 1, *spatial)
         if self.max_soft == 0:
-            mixed_x = torch.where(mask.bool(), x, x[draws.index])
+            mixed_x = torch.where(mask.bool(), x, partners_of(x, draws.index))
         else:
-            weight = mask.to(x.dtype)
-            mixed_x = x * weight + x[draws.index] * (1 - weight)
+            mixed_x = partners_of(x, draws.index).lerp_(x, mask.to(x.dtype))
         return MixOutput(x=mixed_x, index=draws.index, lam=(own.double() / size).float())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.mixing.base import Draws, Mixer, MixOutput, broadcast_per_sample, register
+from pipelines.mixing.base import Draws, Mixer, MixOutput, interpolate, partners_of, register
 
 
 @register("mixup")
@@ -15,8 +15,8 @@ class MixUp(Mixer):
     """
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
-        lam = broadcast_per_sample(draws.lam.to(x.dtype), x)
-        return MixOutput(x=x * lam + x[draws.index] * (1 - lam), index=draws.index, lam=draws.lam)
+        mixed = interpolate(x, partners_of(x, draws.index), draws.lam)
+        return MixOutput(x=mixed, index=draws.index, lam=draws.lam)
 
 
 @register("none")

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.mixing.base import Mixer, MixOutput, broadcast_per_sample, register
+from pipelines.mixing.base import Mixer, MixOutput, interpolate, partners_of, register
 
 
 def label_kernel_partners(y: torch.Tensor, bandwidth: float, generator: torch.Generator) -> torch.Tensor:
@@ -48,12 +48,10 @@ class CMixup(Mixer):
             raise ValueError(f"x must be (B, ...) with B = len(y); got x {tuple(x.shape)}, y {tuple(y.shape)}")
         index = label_kernel_partners(y, self.bandwidth, generator)
         draws = self.draw(x.shape[0], generator, x.device, index=index)
-        lam_x = broadcast_per_sample(draws.lam.to(x.dtype), x)
         targets = y.to(torch.float32) if not y.is_floating_point() else y
-        lam_y = broadcast_per_sample(draws.lam.to(targets.dtype), targets)
         return MixOutput(
-            x=x * lam_x + x[draws.index] * (1 - lam_x),
+            x=interpolate(x, partners_of(x, draws.index), draws.lam),
             index=draws.index,
             lam=draws.lam,
-            y=targets * lam_y + targets[draws.index] * (1 - lam_y),
+            y=interpolate(targets, partners_of(targets, draws.index), draws.lam),
         )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipelines.mixing.base import Draws, Mixer, MixOutput, register
-from pipelines.mixing.boxes import box_masks, box_sides, check_spatial, paste_boxes
+from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
+from pipelines.mixing.boxes import box_sides, check_spatial, paste_boxes
 
 _POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -57,7 +57,6 @@ class SaliencyMix(Mixer):
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("saliencymix", x)
-        source = x[draws.index]
+        source = partners_of(x, draws.index)
         sides = box_sides(draws.lam, spatial)
-        boxes = box_masks(sides, saliency_peaks(source).to(sides.device), spatial)
-        return paste_boxes(x, draws, boxes, source)
+        return paste_boxes(x, draws, sides, saliency_peaks(source).to(sides.device), source)

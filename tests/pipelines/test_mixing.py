@@ -72,7 +72,16 @@ def test_mixup_is_the_convex_combination():
     x, y = batch(9)
     out = mix("mixup", x, y, generator=torch_generator(4), alpha=0.4)
     lam = out.lam.view(-1, 1, 1, 1)
-    assert torch.equal(out.x, x * lam + x[out.index] * (1 - lam))
+    assert torch.allclose(out.x, x * lam + x[out.index] * (1 - lam), rtol=0, atol=1e-6)
+
+
+def test_interpolation_is_exact_at_the_ends():
+    from pipelines.mixing.base import interpolate
+
+    x, partner = torch.randn(3, 2, 5, generator=torch_generator(0)), torch.randn(3, 2, 5, generator=torch_generator(1))
+    out = interpolate(x, partner.clone(), torch.tensor([1.0, 0.0, 0.25]))
+    assert torch.equal(out[0], x[0]) and torch.equal(out[1], partner[1])
+    assert torch.allclose(out[2], 0.25 * x[2] + 0.75 * partner[2], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["cutmix", "fmix", "saliencymix"])
@@ -372,8 +381,8 @@ def test_cmixup_mixes_inputs_and_targets_with_near_partners():
     assert bool(((out.index < 50) == (torch.arange(100) < 50)).all())  # partners from the same cluster
     assert bool((out.index != torch.arange(100)).all())  # never itself
     lam = out.lam
-    assert torch.equal(out.y, y * lam + y[out.index] * (1 - lam))
-    assert torch.equal(out.x, x * lam.view(-1, 1, 1) + x[out.index] * (1 - lam.view(-1, 1, 1)))
+    assert torch.allclose(out.y, y * lam + y[out.index] * (1 - lam), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(out.x, x * lam.view(-1, 1, 1) + x[out.index] * (1 - lam.view(-1, 1, 1)), rtol=0, atol=1e-6)
 
 
 def test_cmixup_wide_kernel_is_close_to_uniform():
