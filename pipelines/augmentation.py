@@ -82,7 +82,7 @@ def manifest(method: str, mixing: MixingSpec, seed: int, shards: list[Shard]) ->
     """What the shard set holds and how to regenerate it."""
     return {
         "method": method,
-        "mixing": {"alpha": mixing.alpha, "mode": mixing.mode, "prob": mixing.prob},
+        "mixing": {"alpha": mixing.alpha, "mode": mixing.mode, "prob": mixing.prob, "options": dict(mixing.options)},
         "seed": seed,
         "rows": sum(s.rows for s in shards),
         "shards": [{"file": s.file, "rows": s.rows, "seed": s.seed, "sha256": s.sha256} for s in shards],

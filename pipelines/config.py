@@ -54,13 +54,21 @@ class DataParams(Section):
 
 
 class MixingParams(Section):
-    """The mixing method used for online mixing in the train stage, and its hyperparameters."""
+    """The mixing method of the train stage, its hyperparameters, and the loss it trains with.
+
+    ``options`` holds method-specific parameters keyed by method (``{fmix: {decay_power: 3}}``);
+    they apply wherever that method runs: train, augment shards, tune trials.
+    """
 
     method: str = "mixup"
     alpha: PositiveFloat = 0.2
     mode: Literal["batch", "elem"] = "elem"
     prob: Fraction = 1.0
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    options: dict[str, dict[str, Any]] = {}
+    loss: str = "soft_ce"
+    loss_options: dict[str, Any] = {}
+    source: Literal["online", "shards"] = "online"
 
 
 class AugmentParams(Section):
@@ -248,10 +256,27 @@ def check_registered_names(params: Params) -> None:
     from pipelines.mixing import MIXERS
     from pipelines.models import MODELS
 
+    from pipelines.mixing import MixingSpec, get_loss
+
+    mixing = params.mixing
     DATASETS.get(params.data.name, key="data.name")
-    MIXERS.get(params.mixing.method, key="mixing.method")
+    MIXERS.get(mixing.method, key="mixing.method")
+    for name in mixing.options:
+        MIXERS.get(name, key=f"mixing.options.{name}")
+    for name in {mixing.method, *mixing.options, *params.augment.methods, *params.tune.methods} & set(MIXERS.names()):
+        MixingSpec.from_params(mixing, method=name).build()  # options and ranges, before any work
+    loss = get_loss(mixing.loss, **mixing.loss_options)
     for i, name in enumerate(params.augment.methods):
-        MIXERS.get(name, key=f"augment.methods.{i}")
+        if MIXERS.get(name, key=f"augment.methods.{i}").mixes_hidden:
+            raise ConfigError(f"augment.methods.{i}: {name} mixes hidden features inside the model, so it has no shards")
+    if mixing.source == "shards":
+        if mixing.method not in params.augment.methods:
+            raise ConfigError(
+                f"mixing.source is 'shards' but augment.methods {params.augment.methods} writes none for "
+                f"mixing.method {mixing.method!r}"
+            )
+        if loss.needs_clean:
+            raise ConfigError(f"mixing.loss {mixing.loss!r} needs the clean inputs, which shards do not hold; use mixing.source: online")
     MODELS.get(params.train.model, key="train.model")
     for i, name in enumerate(params.tune.methods):
         MIXERS.get(name, key=f"tune.methods.{i}")

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1 or argv[0] not in p.augment.methods:
         raise ConfigError(f"usage: python -m stages.augment METHOD, METHOD in augment.methods {p.augment.methods}")
     method = argv[0]
-    mixing = MixingSpec(method, p.mixing.alpha, p.mixing.mode, p.mixing.prob)
+    mixing = MixingSpec.from_params(p.mixing, method=method)
     train = read_prepared(p.paths.prepared, "train")
     with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
         shards = build_shards(train, mixing, p.augment.num_shards, p.seed)

@@ -1,9 +1,11 @@
-"""Train: the base model on Ray Train (DDP over ``train.num_workers`` workers) with online mixing.
+"""Train: the base model on Ray Train (DDP over ``train.num_workers`` workers) with mixing.
 
 Usage:
     python -m stages.train
 
-Reads ``seed``, ``train`` and ``mixing``; writes ``<base_model>/{model.safetensors,card.json}``,
+Reads ``seed``, ``train`` and ``mixing``. With ``mixing.source: online`` every batch is mixed in the
+loop; with ``shards`` it trains on the augment stage's shards of ``mixing.method`` (checked against
+their manifest) and mixes nothing itself. Writes ``<base_model>/{model.safetensors,card.json}``,
 ``<results>/train_history.parquet`` (``train_history`` table) and DVCLive metrics under
 ``dvclive/train``. The Ray run is named from a hash of its params, data and code, so an interrupted
 stage resumes and a changed one starts afresh.
@@ -18,7 +20,7 @@ from dvclive import Live
 from pipelines import storage, tables
 from pipelines.cluster import ray_session
 from pipelines.config import fingerprint
-from pipelines.data import read_prepared
+from pipelines.data import read_prepared, read_shards
 from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard, save_checkpoint
 from pipelines.seeding import derive_seed
@@ -34,6 +36,10 @@ def main(argv: list[str]) -> None:
     train = read_prepared(p.paths.prepared, "train")
     val = read_prepared(p.paths.prepared, "val")
     data_hash = [storage.sha256_file(storage.join(p.paths.prepared, f"{s}.parquet")) for s in ("train", "val")]
+    if p.mixing.source == "shards":
+        shards = storage.join(p.paths.shards, p.mixing.method)
+        train = read_shards(shards)
+        data_hash.append(storage.sha256_file(storage.join(shards, "manifest.json")))
     card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"))
     job = TrainJob(
         run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash, code_version())}",
@@ -53,7 +59,8 @@ def main(argv: list[str]) -> None:
         outcome = run_training(job, train, val)
 
     last = outcome.history[-1]
-    info = {"run": job.run_name, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"], "mixing": p.mixing.method}
+    info = {"run": job.run_name, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"],
+            "mixing": p.mixing.method, "mixing_source": p.mixing.source, "loss": p.mixing.loss}
     save_checkpoint(p.paths.base_model, outcome.state_dict, replace(card, info=info))
     history = history_frame(outcome.history)
     tables.write_table(history, storage.join(p.paths.results, "train_history.parquet"), tables.TRAIN_HISTORY)

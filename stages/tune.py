@@ -3,7 +3,7 @@
 Usage:
     python -m stages.tune
 
-Reads ``seed``, ``tune`` and ``mixing.{mode,prob,label_smoothing}``; writes
+Reads ``seed``, ``tune`` and ``mixing`` (all but method, alpha and source); writes
 ``<trials>/<trial>/{model.safetensors,card.json}`` for every trial (early-stopped ones included),
 ``<results>/trials.parquet`` (``trials`` table) and ``<results>/best_params.yaml``.
 """
@@ -35,14 +35,14 @@ def main(argv: list[str]) -> None:
     val = read_prepared(p.paths.prepared, "val")
     card = load_card(p.paths.base_model)
     weights = storage.read_bytes(storage.join(p.paths.base_model, "model.safetensors"))
-    mixing = MixingSpec("none", 1.0, p.mixing.mode, p.mixing.prob, p.mixing.label_smoothing)
+    mixing = MixingSpec.from_params(p.mixing, method="none", alpha=1.0)  # each trial sets method, alpha, options
     name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights), code_version())}"
     template = TrainJob(
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
     )
-    points = grid(t.methods, t.alphas)
+    points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods})
     with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
         outcomes = run_sweep(
             template, points, train, val, experiment_name=name, grace_period=t.grace_period,

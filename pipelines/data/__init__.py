@@ -1,10 +1,11 @@
 """Datasets: the registry, splits, and Arrow shard reading and writing. Knows nothing of Ray or models."""
 
-from pipelines.data.dataset import ArrayDataset
+from pipelines.data.dataset import ArrayDataset, MixedDataset
 from pipelines.data.io import (
     dataset_table,
     mixed_samples_table,
     read_prepared,
+    read_shards,
     read_split,
     write_split,
 )
@@ -14,6 +15,7 @@ from pipelines.data.splits import Splits, channel_stats, contiguous_share, norma
 __all__ = [
     "DATASETS",
     "ArrayDataset",
+    "MixedDataset",
     "Splits",
     "channel_stats",
     "contiguous_share",
@@ -22,6 +24,7 @@ __all__ = [
     "mixed_samples_table",
     "normalise",
     "read_prepared",
+    "read_shards",
     "read_split",
     "stratified_split",
     "write_split",

@@ -41,3 +41,24 @@ class ArrayDataset:
 
     def subset(self, index: np.ndarray) -> ArrayDataset:
         return ArrayDataset(self.x[index], self.y[index], self.ids[index], self.num_classes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixedDataset(ArrayDataset):
+    """Mixed samples read back from offline shards: ``x`` is already mixed, ``y`` is each sample's
+    own label, and ``y_partner`` and ``lam`` complete its label pair."""
+
+    y_partner: np.ndarray
+    lam: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = len(self.x)
+        if self.y_partner.shape != (n,) or self.lam.shape != (n,):
+            raise ValueError(f"x has {n} rows but y_partner has shape {self.y_partner.shape}, lam {self.lam.shape}")
+
+    def subset(self, index: np.ndarray) -> MixedDataset:
+        return MixedDataset(
+            x=self.x[index], y=self.y[index], ids=self.ids[index], num_classes=self.num_classes,
+            y_partner=self.y_partner[index], lam=self.lam[index],
+        )

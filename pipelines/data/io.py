@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines import storage, tables
-from pipelines.data.dataset import ArrayDataset
+from pipelines.data.dataset import ArrayDataset, MixedDataset
 from pipelines.errors import DataError
 
 
@@ -86,3 +86,44 @@ def mixed_samples_table(
     )
     tables.validate(arrow, tables.MIXED_SAMPLES)
     return arrow
+
+
+def read_shards(directory: str) -> MixedDataset:
+    """Every shard of one method's shard set, in manifest order, checked against the manifest.
+
+    Raises:
+        DataError: no manifest, a shard whose bytes do not match its recorded sha256 or row count,
+            or shards that disagree on input shape or classes.
+    """
+    manifest_url = storage.join(directory, "manifest.json")
+    try:
+        manifest = storage.read_json(manifest_url)
+    except FileNotFoundError:
+        raise DataError(f"{manifest_url}: no shard manifest (run the augment stage for this method)") from None
+    parts, shapes = [], set()
+    for entry in manifest["shards"]:
+        url = storage.join(directory, entry["file"])
+        data = storage.read_bytes(url)
+        if storage.sha256_bytes(data) != entry["sha256"]:
+            raise DataError(f"{url}: sha256 differs from the manifest's; the shard was changed or truncated")
+        arrow, metadata = tables.read_arrow(url, tables.MIXED_SAMPLES)
+        if arrow.num_rows != entry["rows"]:
+            raise DataError(f"{url}: {arrow.num_rows} rows, the manifest records {entry['rows']}")
+        shape = tuple(int(d) for d in metadata["input_shape"])
+        shapes.add((shape, int(metadata["num_classes"])))
+        parts.append((arrow, shape))
+    if len(shapes) != 1:
+        raise DataError(f"{directory}: shards disagree on input shape / classes: {sorted(shapes)}")
+    (shape, num_classes), = shapes
+
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([arrow[name].to_numpy() for arrow, _ in parts])
+
+    return MixedDataset(
+        x=np.concatenate([_unflatten(a["x"], s) for a, s in parts]),
+        y=column("y").astype(np.int64),
+        ids=column("sample_id").astype(np.int64),
+        num_classes=num_classes,
+        y_partner=column("y_partner").astype(np.int64),
+        lam=column("lam").astype(np.float32),
+    )

@@ -14,13 +14,15 @@ from pipelines.errors import ConfigError
 from pipelines.mixing import boxes as _boxes  # noqa: F401  (registers cutmix, resizemix)
 from pipelines.mixing import fourier as _fourier  # noqa: F401  (registers fmix)
 from pipelines.mixing import interpolation as _interpolation  # noqa: F401  (registers mixup, none)
+from pipelines.mixing import manifold as _manifold  # noqa: F401  (registers manifold_mixup)
 from pipelines.mixing import regression as _regression  # noqa: F401  (registers cmixup)
 from pipelines.mixing import saliency as _saliency  # noqa: F401  (registers saliencymix)
 from pipelines.mixing.base import MIXERS, Mixer, MixOutput
+from pipelines.mixing.manifold import mixing_hidden
 from pipelines.mixing.mixture import MixtureMixer, mixture
-from pipelines.mixing.losses import decoupled_mixup_loss, mixup_ranking_loss
+from pipelines.mixing.losses import LOSSES, MixedLoss, decoupled_mixup_loss, get_loss, mixup_ranking_loss
 from pipelines.mixing.spec import MixingSpec
-from pipelines.mixing.targets import mixed_targets, smoothed_one_hot, soft_target_cross_entropy
+from pipelines.mixing.targets import mixed_targets, pair_targets, smoothed_one_hot, soft_target_cross_entropy
 
 
 def get_mixer(name: str, **params: object) -> Mixer:
@@ -34,7 +36,7 @@ def get_mixer(name: str, **params: object) -> Mixer:
     try:
         return cls(**params)
     except TypeError as error:
-        raise ConfigError(f"mixing: method {name!r} does not take these parameters ({error})") from None
+        raise ConfigError(f"mixing.options.{name}: method {name!r} does not take these parameters ({error})") from None
 
 
 def mix(
@@ -45,17 +47,22 @@ def mix(
 
 
 __all__ = [
+    "LOSSES",
     "MIXERS",
+    "MixedLoss",
     "MixOutput",
     "Mixer",
     "MixingSpec",
     "MixtureMixer",
     "decoupled_mixup_loss",
+    "get_loss",
     "get_mixer",
     "mix",
     "mixed_targets",
+    "mixing_hidden",
     "mixup_ranking_loss",
     "mixture",
+    "pair_targets",
     "smoothed_one_hot",
     "soft_target_cross_entropy",
 ]

@@ -23,12 +23,16 @@ class MixOutput:
         lam: ``FloatTensor[B]``, the weight of each sample's own label. For mask methods it is the
             exact fraction of the sample's own elements; an unmixed sample has ``lam == 1``.
         y: mixed regression targets, for methods that mix targets themselves (C-Mixup); else None.
+        layer: for methods that mix hidden features (manifold mixup), the model's mix point where
+            the forward pass must mix (see :func:`pipelines.mixing.manifold.mixing_hidden`);
+            ``x`` is then unmixed. None when ``x`` itself is mixed.
     """
 
     x: torch.Tensor
     index: torch.Tensor
     lam: torch.Tensor
     y: torch.Tensor | None = None
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Mixer:
 
     name: ClassVar[str] = ""
     partners_are_a_permutation: ClassVar[bool] = True
+    mixes_hidden: ClassVar[bool] = False  # True: needs the model (online only, not in shards)
 
     def __post_init__(self) -> None:
         if not self.alpha > 0:

@@ -1,12 +1,47 @@
-"""Losses for mixed samples beyond soft-target cross-entropy."""
+"""Losses for mixed samples, registered by name (``mixing.loss`` in params.yaml).
+
+Each loss sees a batch as label pairs: ``y`` (own), ``y_partner`` and ``lam``, so it works the same
+for online mixing and for pairs read back from offline shards.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from pipelines.errors import ConfigError
 from pipelines.mixing.base import MixOutput
-from pipelines.mixing.targets import mixed_targets
+from pipelines.mixing.targets import pair_targets, smoothed_one_hot, soft_target_cross_entropy
+from pipelines.registry import Registry
+
+
+def _decoupled_regulariser(logits: torch.Tensor, own: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """Per sample ``-log softmax_{-b}(z)_a - log softmax_{-a}(z)_b`` for classes a (own), b (partner)."""
+    z = logits.float()
+    rows = torch.arange(len(z), device=z.device)
+
+    def without(column: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(z.index_put((rows, column), torch.tensor(float("-inf"), device=z.device)), dim=-1)
+
+    return (without(partner) - z[rows, own]) + (without(own) - z[rows, partner])
+
+
+def decoupled_pair_loss(
+    logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor, num_classes: int,
+    eta: float, smoothing: float = 0.0,
+) -> torch.Tensor:
+    """:func:`decoupled_mixup_loss` from explicit label pairs."""
+    target = pair_targets(y, y_partner, lam, num_classes, smoothing)
+    loss = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    if eta == 0:
+        return loss.mean()
+    own, partner = y.long(), y_partner.long()
+    decoupled = (own != partner) & (lam > 0) & (lam < 1)
+    regulariser = _decoupled_regulariser(logits, own, partner)
+    return (loss + eta * torch.where(decoupled, regulariser, torch.zeros_like(regulariser))).mean()
 
 
 def decoupled_mixup_loss(
@@ -24,21 +59,7 @@ def decoupled_mixup_loss(
     Returns:
         The batch mean.
     """
-    target = mixed_targets(y, out, num_classes, smoothing)
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    loss = -(target * log_probs).sum(-1)
-    if eta == 0:
-        return loss.mean()
-    own, partner = y.long(), y[out.index].long()
-    decoupled = (own != partner) & (out.lam > 0) & (out.lam < 1)
-    z = logits.float()
-    rows = torch.arange(len(z), device=z.device)
-
-    def without(column: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(z.index_put((rows, column), torch.tensor(float("-inf"), device=z.device)), dim=-1)
-
-    regulariser = (without(partner) - z[rows, own]) + (without(own) - z[rows, partner])
-    return (loss + eta * torch.where(decoupled, regulariser, torch.zeros_like(regulariser))).mean()
+    return decoupled_pair_loss(logits, y, y[out.index], out.lam, num_classes, eta, smoothing)
 
 
 def mixup_ranking_loss(mixed_logits: torch.Tensor, clean_logits: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
@@ -51,3 +72,91 @@ def mixup_ranking_loss(mixed_logits: torch.Tensor, clean_logits: torch.Tensor, m
     confidence_mixed = F.softmax(mixed_logits.float(), dim=-1).max(-1).values
     confidence_clean = F.softmax(clean_logits.float(), dim=-1).max(-1).values
     return F.relu(confidence_mixed - confidence_clean + margin).mean()
+
+
+@dataclass(frozen=True)
+class MixedLoss:
+    """A training loss over a mixed batch. ``needs_clean`` losses also get the logits of the
+    unmixed inputs (one more forward pass), so they cannot train from offline shards."""
+
+    name: ClassVar[str] = ""
+    needs_clean: ClassVar[bool] = False
+
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor, *,
+        num_classes: int, smoothing: float = 0.0, clean_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+LOSSES: Registry[type[MixedLoss]] = Registry("mixing loss")
+
+
+def _register(name: str):
+    def add(cls: type[MixedLoss]) -> type[MixedLoss]:
+        cls.name = name
+        return LOSSES.register(name)(cls)
+
+    return add
+
+
+@_register("soft_ce")
+@dataclass(frozen=True)
+class SoftTargetLoss(MixedLoss):
+    """Cross-entropy against the λ-weighted (optionally smoothed) label pair: the mixup loss."""
+
+    def __call__(self, logits, y, y_partner, lam, *, num_classes, smoothing=0.0, clean_logits=None):
+        return soft_target_cross_entropy(logits, pair_targets(y, y_partner, lam, num_classes, smoothing))
+
+
+@_register("decoupled")
+@dataclass(frozen=True)
+class DecoupledLoss(MixedLoss):
+    """DecoupleMix: soft-target cross-entropy + ``eta`` x the decoupled regulariser
+    (:func:`decoupled_mixup_loss`)."""
+
+    eta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.eta >= 0:
+            raise ConfigError(f"mixing.loss_options.eta must be >= 0, got {self.eta!r}")
+
+    def __call__(self, logits, y, y_partner, lam, *, num_classes, smoothing=0.0, clean_logits=None):
+        return decoupled_pair_loss(logits, y, y_partner, lam, num_classes, self.eta, smoothing)
+
+
+@_register("rankmixup")
+@dataclass(frozen=True)
+class RankMixupLoss(MixedLoss):
+    """RankMixup with the MRL: cross-entropy on the clean samples + ``weight`` x
+    :func:`mixup_ranking_loss` (the mixed samples enter only through the ranking term, as in the paper)."""
+
+    margin: float = 0.1
+    weight: float = 0.1
+    needs_clean: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if not self.margin >= 0:
+            raise ConfigError(f"mixing.loss_options.margin must be >= 0, got {self.margin!r}")
+        if not self.weight >= 0:
+            raise ConfigError(f"mixing.loss_options.weight must be >= 0, got {self.weight!r}")
+
+    def __call__(self, logits, y, y_partner, lam, *, num_classes, smoothing=0.0, clean_logits=None):
+        if clean_logits is None:
+            raise ValueError("rankmixup needs the logits of the clean inputs")
+        clean = soft_target_cross_entropy(clean_logits, smoothed_one_hot(y, num_classes, smoothing))
+        return clean + self.weight * mixup_ranking_loss(logits, clean_logits, self.margin)
+
+
+def get_loss(name: str, **options: object) -> MixedLoss:
+    """The loss registered as ``name`` with ``options`` (``mixing.loss`` / ``mixing.loss_options``).
+
+    Raises:
+        UnknownNameError: no loss is registered under ``name``.
+        ConfigError: an option is unknown to the loss or out of range.
+    """
+    cls = LOSSES.get(name, key="mixing.loss")
+    try:
+        return cls(**options)
+    except TypeError as error:
+        raise ConfigError(f"mixing.loss_options: loss {name!r} does not take these options ({error})") from None

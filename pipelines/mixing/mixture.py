@@ -32,6 +32,9 @@ class MixtureMixer:
             raise ConfigError(f"mixing: need one weight per method, got {len(self.weights)} for {len(self.mixers)}")
         if min(self.weights) < 0 or sum(self.weights) <= 0:
             raise ConfigError(f"mixing: method weights must be >= 0 with a positive sum, got {list(self.weights)}")
+        hidden = [m.name for m in self.mixers if m.mixes_hidden]
+        if hidden:
+            raise ConfigError(f"mixing: {hidden} mix inside the model and cannot be part of a mixture")
         if self.per not in ("batch", "elem"):
             raise ConfigError(f"mixing.switch must be 'batch' or 'elem', got {self.per!r}")
 

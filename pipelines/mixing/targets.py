@@ -20,9 +20,16 @@ def mixed_targets(
     y: torch.Tensor, out: MixOutput, num_classes: int, smoothing: float = 0.0
 ) -> torch.Tensor:
     """``lam * onehot(y) + (1 - lam) * onehot(y[index])`` per sample; each row sums to 1."""
+    return pair_targets(y, y[out.index], out.lam, num_classes, smoothing)
+
+
+def pair_targets(
+    y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor, num_classes: int, smoothing: float = 0.0
+) -> torch.Tensor:
+    """As :func:`mixed_targets` from explicit label pairs (e.g. read back from shards)."""
     own = smoothed_one_hot(y, num_classes, smoothing)
-    partner = own[out.index]
-    lam = out.lam.to(own.dtype).unsqueeze(1)
+    partner = smoothed_one_hot(y_partner, num_classes, smoothing)
+    lam = lam.to(own.dtype).unsqueeze(1)
     return lam * own + (1 - lam) * partner
 
 

@@ -15,17 +15,37 @@ ModelBuilder = Callable[[tuple[int, ...], int], nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model")
 
 
+class PointedSequential(nn.Sequential):
+    """``nn.Sequential`` with named mix points: the outputs of some children, where manifold
+    mixup may mix hidden features. The state dict is exactly ``nn.Sequential``'s."""
+
+    def __init__(self, *layers: nn.Module, points: dict[str, int] | None = None) -> None:
+        super().__init__(*layers)
+        self.points = dict(points or {})  # a slice (model[:3]) has none
+
+
+def mix_points(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's mix points, name -> the module whose output is mixed (empty if it has none).
+
+    Looks through a ``DistributedDataParallel`` wrapper, so it works on a prepared model.
+    """
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    points = getattr(inner, "points", {})
+    return {name: inner[index] for name, index in points.items()}
+
+
 @MODELS.register("mlp")
 def mlp(input_shape: Sequence[int], num_classes: int, hidden: int = 256) -> nn.Module:
     """Two hidden ReLU layers over the flattened input."""
     features = math.prod(input_shape)
-    return nn.Sequential(
+    return PointedSequential(
         nn.Flatten(),
         nn.Linear(features, hidden),
         nn.ReLU(),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
         nn.Linear(hidden, num_classes),
+        points={"hidden1": 2, "hidden2": 4},
     )
 
 
@@ -38,7 +58,7 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Mod
     if len(input_shape) != 3:
         raise ValueError(f"cnn takes (C, H, W) inputs, got shape {tuple(input_shape)}")
     channels = input_shape[0]
-    return nn.Sequential(
+    return PointedSequential(
         nn.Conv2d(channels, width, 3, padding=1),
         nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, padding=1),
@@ -51,6 +71,7 @@ def cnn(input_shape: Sequence[int], num_classes: int, width: int = 32) -> nn.Mod
         nn.Linear(2 * width * 16, 128),
         nn.ReLU(),
         nn.Linear(128, num_classes),
+        points={"conv1": 1, "pool": 4, "conv3": 6, "fc": 10},
     )
 
 

@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 
 from pipelines import tables
-from pipelines.data import ArrayDataset
-from pipelines.errors import DataError
-from pipelines.models import ModelCard
+from pipelines.data import ArrayDataset, MixedDataset
+from pipelines.errors import ConfigError, DataError
+from pipelines.mixing.manifold import INPUT
+from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
 from pipelines.training.job import TrainJob, resolve_use_gpu
 from pipelines.training.loop import train_loop_per_worker
@@ -34,11 +35,22 @@ class TrainOutcome:
 
 
 def check_fits(job: TrainJob, train: ArrayDataset) -> None:
+    """Fail before Ray starts: too few samples for a batch, or mix points the model lacks."""
     if steps_per_epoch(len(train), job.batch_size, job.num_workers) == 0:
         raise DataError(
             f"{len(train)} training samples do not fill one global batch of "
             f"{job.batch_size} x {job.num_workers} workers; lower the batch size"
         )
+    mixer = job.mixing.build()
+    if mixer.mixes_hidden:
+        card = job.card
+        known = {INPUT, *mix_points(build_model(card.model, card.input_shape, card.num_classes, card.seed))}
+        unknown = [layer for layer in mixer.layers if layer not in known]
+        if unknown:
+            raise ConfigError(
+                f"mixing.options.{job.mixing.method}.layers: model {card.model!r} has no mix point(s) {unknown}; "
+                f"it has {sorted(known)}"
+            )
 
 
 def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
@@ -46,7 +58,8 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
 
     Args:
         job: the run; its ``run_name`` decides whether an earlier run is resumed.
-        train: training split (sharded per rank inside the loop).
+        train: training split (sharded per rank inside the loop); a :class:`MixedDataset` (offline
+            shards) trains on its mixed inputs and label pairs, without mixing again.
         val: validation split (evaluated every epoch, shared across ranks).
         callbacks: Ray Train callbacks (the tune stage passes Tune's report callback).
     """
@@ -57,7 +70,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     check_fits(job, train)
     use_gpu = resolve_use_gpu(job.use_gpu, ray.cluster_resources().get("GPU", 0), job.num_workers)
     per_worker = {"CPU": job.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    data = ray.put({"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y})
+    arrays = {"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y}
+    if isinstance(train, MixedDataset):
+        arrays.update(y_partner_train=train.y_partner, lam_train=train.lam)
+    data = ray.put(arrays)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "data": data},

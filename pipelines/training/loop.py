@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 
-from pipelines.mixing import mixed_targets, soft_target_cross_entropy
-from pipelines.models import build_model, plain_state_dict
+from pipelines.mixing import Mixer, MixedLoss, MixOutput, mixing_hidden
+from pipelines.models import build_model, mix_points, plain_state_dict
 from pipelines.seeding import torch_generator
 from pipelines.data import contiguous_share
 from pipelines.training.batching import mixing_seed, rank_batches
@@ -57,9 +58,52 @@ def _validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: in
     )
 
 
+@dataclass(frozen=True)
+class StepMixing:
+    """How a worker turns a batch into a loss: online mixing (``mixer``) or the label pairs of
+    offline shards (``y_partner``/``lam`` per training row, inputs already mixed)."""
+
+    mixer: Mixer
+    loss: MixedLoss
+    num_classes: int
+    smoothing: float
+    y_partner: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+
+    def batch_loss(
+        self, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
+        generator: torch.Generator, use_amp: bool,
+    ) -> torch.Tensor:
+        if self.lam is not None:
+            out = MixOutput(x=inputs, index=rows, lam=self.lam[rows])  # index unused: pairs are given
+            partner_labels = self.y_partner[rows]
+        else:
+            out = self.mixer(inputs, labels, generator=generator)
+            partner_labels = labels[out.index]
+        batch = len(labels)
+        forward, hidden = out.x, out
+        if self.loss.needs_clean:
+            # one forward over [mixed; clean]: DDP expects one forward per backward. The clean half
+            # partners itself at lam 1, so a hidden mix point leaves it clean.
+            forward = torch.cat([out.x, inputs])
+            hidden = MixOutput(
+                x=forward, layer=out.layer,
+                index=torch.cat([out.index, torch.arange(batch, 2 * batch, device=inputs.device)]),
+                lam=torch.cat([out.lam, torch.ones_like(out.lam)]),
+            )
+        with mixing_hidden(mix_points(model), hidden), torch.autocast(inputs.device.type, torch.bfloat16, enabled=use_amp):
+            logits = model(forward)
+        clean_logits = logits[batch:] if self.loss.needs_clean else None
+        return self.loss(
+            logits[:batch], labels, partner_labels, out.lam, num_classes=self.num_classes,
+            smoothing=self.smoothing, clean_logits=clean_logits,
+        )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``config`` holds ``job`` (a :class:`TrainJob`) and ``data``
-    (an object ref to the train/val arrays)."""
+    (an object ref to the train/val arrays, plus ``y_partner_train``/``lam_train`` when the
+    training rows come mixed from shards)."""
     import ray
     import ray.train
     from ray.train.torch import get_device, prepare_model
@@ -94,7 +138,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # after prepare_model, so the state is cast to the parameters' device
         optimizer.load_state_dict(saved.optimizer_state)
 
-    mixer = job.mixing.build()
+    offline = "lam_train" in arrays
+    mixing = StepMixing(
+        mixer=job.mixing.build(),
+        loss=job.mixing.build_loss(),
+        num_classes=card.num_classes,
+        smoothing=job.mixing.label_smoothing,
+        y_partner=torch.tensor(arrays["y_partner_train"], device=device) if offline else None,
+        lam=torch.tensor(arrays["lam_train"], device=device) if offline else None,
+    )
     use_amp = device.type == "cuda"
     history = list(progress.history)
     for epoch in range(progress.epoch, job.epochs):
@@ -108,11 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             index = index.to(device)
             inputs, labels = x_train[index], y_train[index]
             generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), device)
-            mixed = mixer(inputs, labels, generator=generator)
-            target = mixed_targets(labels, mixed, card.num_classes, job.mixing.label_smoothing)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(mixed.x)
-            loss = soft_target_cross_entropy(logits, target)
+            loss = mixing.batch_loss(model, inputs, labels, index, generator, use_amp)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

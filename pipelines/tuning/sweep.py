@@ -8,11 +8,13 @@ the train stage uses) with the trial's mixing hyperparameters; Train's reports r
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelines.data import ArrayDataset
 from pipelines.errors import MixpipeError
+from pipelines.mixing.spec import freeze
 from pipelines.seeding import derive_seed
 from pipelines.training import TrainJob, run_training
 from pipelines.training.state import load_train_state
@@ -28,12 +30,24 @@ class TrialPoint:
     name: str
     method: str
     alpha: float
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Tune hands the point back through JSON, as lists
+        object.__setattr__(self, "options", freeze(self.options))
 
 
-def grid(methods: list[str], alphas: list[float]) -> list[TrialPoint]:
-    """Every (method, alpha) pair, in params order, with names like ``t00-mixup-a0.2``."""
+def grid(
+    methods: list[str], alphas: list[float], options: Mapping[str, tuple[tuple[str, Any], ...]] | None = None
+) -> list[TrialPoint]:
+    """Every (method, alpha) pair, in params order, with names like ``t00-mixup-a0.2``.
+
+    Args:
+        options: method -> its own parameters (:attr:`MixingSpec.options`), given to its trials.
+    """
+    options = options or {}
     points = [(m, a) for m in methods for a in alphas]
-    return [TrialPoint(f"t{i:02d}-{m}-a{a:g}", m, float(a)) for i, (m, a) in enumerate(points)]
+    return [TrialPoint(f"t{i:02d}-{m}-a{a:g}", m, float(a), options.get(m, ())) for i, (m, a) in enumerate(points)]
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ def trial_job(template: TrainJob, point: TrialPoint) -> TrainJob:
         template,
         run_name=f"{template.run_name}-{point.name}",
         seed=derive_seed(template.seed, "trial", point.name),
-        mixing=replace(template.mixing, method=point.method, alpha=point.alpha),
+        mixing=replace(template.mixing, method=point.method, alpha=point.alpha, options=point.options),
     )
 
 

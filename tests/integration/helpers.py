@@ -58,11 +58,13 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def run(cwd: Path, *command: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run a command with the venv first on PATH; fail with its output if it fails."""
+def run(
+    cwd: Path, *command: str, env: dict | None = None, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command with the venv first on PATH; with ``check``, fail with its output if it fails."""
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
         )

@@ -105,6 +105,9 @@ def test_second_repro_does_nothing(workspace):
         ("tune.alphas", [0.5], {"tune"}),
         ("mixing.alpha", 0.4, {"augment@mixup", "augment@cutmix", "train"}),
         ("mixing.prob", 0.5, {"augment@mixup", "augment@cutmix", "train", "tune"}),
+        ("mixing.source", "shards", {"train"}),
+        ("mixing.loss", "decoupled", {"train", "tune"}),
+        ("mixing.options", {"cutmix": {"cutmix_minmax": [0.2, 0.5]}}, {"augment@mixup", "augment@cutmix", "train", "tune"}),
     ],
 )
 def test_params_are_listed_narrowly(workspace, key, value, changed):
@@ -142,3 +145,19 @@ def test_experiment_changes_the_metric_and_compare_reads_it(workspace):
     compared = json.loads(run(workspace, "mixpipe", "compare", "HEAD", "ece5", "--metric", "ece", "--json").stdout)
     assert compared["base"]["HEAD"] == pytest.approx(metric(baseline)["ece"], abs=1e-6)
     assert compared["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
+
+
+def test_train_reads_shards_when_the_source_is_shards(workspace):
+    """Last in the module: it rewrites params.yaml and the base model."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["mixing"].update(method="cutmix", source="shards")
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    shown = run(workspace, "python", "-m", "stages.train")
+    assert "val accuracy" in shown.stdout
+    card = json.loads((workspace / "models/base/card.json").read_text())
+    assert card["info"]["mixing"] == "cutmix" and card["info"]["mixing_source"] == "shards"
+    (workspace / "data/shards/cutmix/part-00000.parquet").write_bytes(b"not parquet")
+    failed = run(workspace, "python", "-m", "stages.train", check=False)
+    assert failed.returncode != 0
+    assert "part-00000.parquet: sha256 differs from the manifest" in failed.stderr

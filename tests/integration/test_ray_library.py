@@ -95,6 +95,34 @@ def test_two_workers_at_b_match_one_worker_at_2b(ray_local, splits, tmp_path):
         torch.testing.assert_close(two.state_dict[key], tensor, rtol=0, atol=1e-4)
 
 
+def test_manifold_mixup_with_rankmixup_trains_under_ddp(ray_local, splits, tmp_path):
+    """Hidden-layer mixing and the clean+mixed forward of RankMixup under two DDP workers: one
+    forward per backward, so DDP's gradient hooks fire once per parameter and step."""
+    train, val = splits
+    spec = MixingSpec("manifold_mixup", alpha=1.0, options=(("layers", ("input", "conv1", "pool")),),
+                      loss="rankmixup", loss_options=(("weight", 0.5),))
+    outcome = run_training(job(tmp_path, "manifold", mixing=spec), train, val)
+    assert [r["world_size"] for r in outcome.history] == [2, 2]
+    assert outcome.history[-1]["val_accuracy"] > 0.5
+
+
+def test_training_from_written_shards(ray_local, splits, tmp_path):
+    from pipelines import storage
+    from pipelines.augmentation import manifest
+    from pipelines.data import read_shards
+
+    train, val = splits
+    spec = MixingSpec("cutmix", alpha=1.0)
+    shards = build_shards(train, spec, num_shards=2, seed=5)
+    for shard in shards:
+        storage.write_bytes(str(tmp_path / "shards" / shard.file), shard.data)
+    storage.write_json(str(tmp_path / "shards" / "manifest.json"), manifest("cutmix", spec, 5, shards))
+    mixed = read_shards(str(tmp_path / "shards"))
+    assert np.array_equal(mixed.ids, train.ids) and (mixed.lam < 1).mean() > 0.9
+    outcome = run_training(job(tmp_path, "offline", epochs=2, num_workers=1), mixed, val)
+    assert outcome.history[-1]["val_accuracy"] > 0.5
+
+
 def test_sweep_runs_every_grid_point_and_keeps_checkpoints(ray_local, splits, tmp_path):
     train, val = splits
     base = run_training(job(tmp_path, "base", epochs=1), train, val)

@@ -35,11 +35,25 @@ def test_defaults_are_valid_and_frozen():
         ({"merge": {"methods": []}}, "merge.methods must list at least one name"),
         ({"augment": {"methods": ["mixup", "mixup"]}}, "augment.methods lists ['mixup'] more than once"),
         ({"seed": -1}, "seed input should be greater than or equal to 0, got -1"),
-        ({"mixing": {"method": "cutmx"}}, "mixing.method: unknown mixing method 'cutmx'; known: cmixup, cutmix, fmix, mixup, none, resizemix, saliencymix"),
+        ({"mixing": {"method": "cutmx"}}, "mixing.method: unknown mixing method 'cutmx'; known: cmixup, cutmix, fmix, manifold_mixup, mixup, none, resizemix, saliencymix"),
         ({"train": {"model": "vit"}}, "train.model: unknown model 'vit'"),
         ({"merge": {"methods": ["uniform_soup", "tes"]}}, "merge.methods.1: unknown merge method 'tes'"),
         ({"tune": {"methods": ["mixup", "fmixx"]}}, "tune.methods.1: unknown mixing method 'fmixx'"),
         ({"data": {"name": "imagenet"}}, "data.name: unknown dataset 'imagenet'"),
+        ({"mixing": {"options": {"fmixx": {}}}}, "mixing.options.fmixx: unknown mixing method 'fmixx'"),
+        ({"mixing": {"options": {"fmix": {"decy_power": 2}}}}, "mixing.options.fmix: method 'fmix' does not take"),
+        ({"mixing": {"options": {"fmix": {"decay_power": -2}}}}, "mixing.decay_power must be > 0, got -2"),
+        ({"mixing": {"options": {"resizemix": {"scope": [0.9, 0.2]}}}}, "mixing.scope must satisfy 0 < low <= high <= 1"),
+        ({"mixing": {"loss": "focal"}}, "mixing.loss: unknown mixing loss 'focal'; known: decoupled, rankmixup, soft_ce"),
+        ({"mixing": {"loss": "decoupled", "loss_options": {"eta": -1}}}, "mixing.loss_options.eta must be >= 0, got -1"),
+        ({"mixing": {"loss": "soft_ce", "loss_options": {"eta": 1}}}, "mixing.loss_options: loss 'soft_ce' does not take"),
+        ({"mixing": {"source": "disk"}}, "mixing.source input should be 'online' or 'shards', got 'disk'"),
+        ({"mixing": {"method": "fmix", "source": "shards"}, "augment": {"methods": ["mixup"]}},
+         "mixing.source is 'shards' but augment.methods ['mixup'] writes none for mixing.method 'fmix'"),
+        ({"mixing": {"loss": "rankmixup", "source": "shards"}}, "mixing.loss 'rankmixup' needs the clean inputs"),
+        ({"augment": {"methods": ["manifold_mixup"]}}, "augment.methods.0: manifold_mixup mixes hidden features"),
+        ({"tune": {"methods": ["manifold_mixup"]}, "mixing": {"options": {"manifold_mixup": {"layers": []}}}},
+         "mixing.layers must be a non-empty list of mix points"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
@@ -79,4 +93,5 @@ def test_fingerprint_is_stable_and_sensitive():
     from pipelines.mixing import MixingSpec
 
     assert fingerprint(MixingSpec("cutmix", 0.5)) == fingerprint({"method": "cutmix", "alpha": 0.5, "mode": "elem",
-                                                                 "prob": 1.0, "label_smoothing": 0.0})
+                                                                 "prob": 1.0, "label_smoothing": 0.0, "options": [],
+                                                                 "loss": "soft_ce", "loss_options": []})

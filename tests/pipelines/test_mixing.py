@@ -160,7 +160,7 @@ def test_bad_parameters_name_the_key():
         get_mixer("cutmix", prob=2)
     with pytest.raises(ConfigError, match="does not take"):
         get_mixer("mixup", beta=3)
-    with pytest.raises(UnknownNameError, match="known: cmixup, cutmix, fmix, mixup, none, resizemix, saliencymix"):
+    with pytest.raises(UnknownNameError, match="known: cmixup, cutmix, fmix, manifold_mixup, mixup, none, resizemix, saliencymix"):
         get_mixer("fmixx")
     with pytest.raises(ValueError, match="1-3 spatial axes"):
         mix("cutmix", torch.zeros(4, 1), torch.zeros(4), generator=torch_generator(0))
@@ -417,3 +417,67 @@ def test_cutmix_minmax_draws_sides_in_range_and_keeps_boxes_inside():
     assert {h for h, _ in sides} == set(range(4, 9)) and {w for _, w in sides} == set(range(3, 7))
     with pytest.raises(ConfigError, match="mixing.cutmix_minmax must satisfy"):
         get_mixer("cutmix", cutmix_minmax=(0.6, 0.3))
+
+
+def test_manifold_mixup_mixes_the_drawn_hidden_layer():
+    from pipelines.mixing import mixing_hidden
+    from pipelines.models import build_model, mix_points
+
+    model = build_model("mlp", (1, 4, 4), 5, seed=0)
+    points = mix_points(model)
+    assert sorted(points) == ["hidden1", "hidden2"]
+    x, y = batch(12, (1, 4, 4), seed=2)
+    mixer = get_mixer("manifold_mixup", alpha=1.0, layers=["input", "hidden1", "hidden2"])
+    picked = {}
+    for seed in range(40):
+        out = mixer(x, y, generator=torch_generator(seed))
+        picked.setdefault(out.layer, out)
+    assert set(picked) == {None, "hidden1", "hidden2"}  # every mix point gets drawn; input mixes x itself
+    at_input = picked[None]
+    lam4 = at_input.lam.view(-1, 1, 1, 1)
+    assert torch.allclose(at_input.x, lam4 * x + (1 - lam4) * x[at_input.index], atol=1e-6)
+    out = picked["hidden1"]
+    assert torch.equal(out.x, x)
+    with torch.no_grad():
+        h = model[:3](x)  # output of the hidden1 point (first ReLU)
+        lam = out.lam.view(-1, 1)
+        expected = model[3:](lam * h + (1 - lam) * h[out.index])
+        with mixing_hidden(points, out):
+            logits = model(out.x)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(model(x), logits)  # the hook is gone after the block
+    with pytest.raises(ConfigError, match="no mix point 'conv9'"), mixing_hidden(points, replace_layer(out, "conv9")):
+        pass
+    with pytest.raises(ConfigError, match="cannot be part of a mixture"):
+        from pipelines.mixing import mixture
+
+        mixture({"mixup": 1.0, "manifold_mixup": 1.0})
+
+
+def replace_layer(out, layer):
+    from dataclasses import replace
+
+    return replace(out, layer=layer)
+
+
+def test_loss_registry_values():
+    from pipelines.mixing import LOSSES, get_loss
+
+    assert LOSSES.names() == ["decoupled", "rankmixup", "soft_ce"]
+    x, y = batch(32, (2, 4, 4), seed=8)
+    out = mix("mixup", x, y, generator=torch_generator(1), alpha=1.0)
+    logits, clean = torch.randn(32, 10, generator=torch_generator(2)), torch.randn(32, 10, generator=torch_generator(3))
+    pair = (logits, y, y[out.index], out.lam)
+    soft = get_loss("soft_ce")(*pair, num_classes=10, smoothing=0.1)
+    assert torch.equal(soft, soft_target_cross_entropy(logits, mixed_targets(y, out, 10, 0.1)))
+    assert torch.equal(get_loss("decoupled", eta=0.0)(*pair, num_classes=10), get_loss("soft_ce")(*pair, num_classes=10))
+    assert torch.equal(get_loss("decoupled", eta=0.3)(*pair, num_classes=10), decoupled_mixup_loss(logits, y, out, 10, eta=0.3))
+    rank = get_loss("rankmixup", margin=0.2, weight=0.5)
+    assert rank.needs_clean and not get_loss("soft_ce").needs_clean
+    expected = F.cross_entropy(clean, y) + 0.5 * mixup_ranking_loss(logits, clean, margin=0.2)
+    assert torch.allclose(rank(*pair, num_classes=10, clean_logits=clean), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="clean inputs"):
+        rank(*pair, num_classes=10)
+    with pytest.raises(ConfigError, match="mixing.loss_options: loss 'rankmixup' does not take"):
+        get_loss("rankmixup", eta=1.0)

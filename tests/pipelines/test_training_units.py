@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipelines.config import OptimParams
 from pipelines.data import ArrayDataset
@@ -125,3 +126,55 @@ def test_ranks_and_steps_draw_different_mixing():
     for other in (draw(1, 0, 0), draw(0, 0, 1), draw(0, 1, 0)):
         assert not torch.equal(base.lam, other.lam) and not torch.equal(base.index, other.index)
     assert torch.equal(draw(1, 2, 3).lam, draw(1, 2, 3).lam)
+
+
+def test_manifold_layers_the_model_lacks_fail_before_training():
+    spec = MixingSpec("manifold_mixup", options=(("layers", ("input", "conv1")),))
+    job = TrainJob("r", ModelCard("mlp", (1, 2, 2), 2, 0), epochs=1, batch_size=4, optim=OptimParams(),
+                   mixing=spec, seed=0, storage_path="/tmp")
+    data = ArrayDataset(torch.zeros(8, 1, 2, 2).numpy(), torch.zeros(8, dtype=torch.int64).numpy(), torch.arange(8).numpy(), 2)
+    with pytest.raises(ConfigError, match=r"mixing.options.manifold_mixup.layers: model 'mlp' has no mix point\(s\) \['conv1'\]"):
+        check_fits(job, data)
+
+
+def step_mixing(spec, **pairs):
+    from pipelines.training.loop import StepMixing
+
+    return StepMixing(spec.build(), spec.build_loss(), num_classes=4, smoothing=spec.label_smoothing, **pairs)
+
+
+def test_offline_pairs_train_on_the_recorded_labels_and_lambda():
+    from pipelines.mixing import pair_targets, soft_target_cross_entropy
+    from pipelines.seeding import torch_generator
+
+    model = build_model("mlp", (1, 3, 3), 4, seed=1)
+    x, y = torch.randn(10, 1, 3, 3, generator=torch_generator(0)), torch.arange(10) % 4
+    y_partner, lam = (torch.arange(10) + 1) % 4, torch.linspace(0.1, 1.0, 10)
+    rows = torch.tensor([7, 2, 5])
+    mixing = step_mixing(MixingSpec("cutmix", label_smoothing=0.1), y_partner=y_partner, lam=lam)
+    loss = mixing.batch_loss(model, x[rows], y[rows], rows, torch_generator(3), use_amp=False)
+    expected = soft_target_cross_entropy(model(x[rows]), pair_targets(y[rows], y_partner[rows], lam[rows], 4, 0.1))
+    assert torch.equal(loss, expected)  # the shard's inputs as they are: cutmix is not applied again
+
+
+@pytest.mark.parametrize("layers", [("input",), ("hidden2",)])
+def test_rankmixup_runs_one_forward_and_keeps_the_clean_half_clean(layers):
+    from pipelines.mixing import mixing_hidden, mixup_ranking_loss
+    from pipelines.models import mix_points
+    from pipelines.seeding import torch_generator
+
+    model = build_model("mlp", (1, 3, 3), 4, seed=1)
+    spec = MixingSpec("manifold_mixup", alpha=1.0, options=(("layers", layers),), loss="rankmixup",
+                      loss_options=(("margin", 0.05), ("weight", 0.7)))
+    x, y = torch.randn(12, 1, 3, 3, generator=torch_generator(0)), torch.arange(12) % 4
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(len(o)))
+    loss = step_mixing(spec).batch_loss(model, x, y, torch.arange(12), torch_generator(5), use_amp=False)
+    handle.remove()
+    assert calls == [24]  # mixed and clean in one forward
+    out = spec.build()(x, y, generator=torch_generator(5))
+    with torch.no_grad(), mixing_hidden(mix_points(model), out):
+        mixed_logits = model(out.x)
+    clean_logits = model(x)
+    expected = F.cross_entropy(clean_logits, y) + 0.7 * mixup_ranking_loss(mixed_logits, clean_logits, 0.05)
+    assert torch.allclose(loss, expected, atol=1e-6)
