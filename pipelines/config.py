@@ -40,6 +40,7 @@ class DataParams(Section):
 
     name: str = "digits"
     source: str | None = None  # URL of the raw data, for datasets that are not bundled
+    options: dict[str, Any] = {}  # the loader's own parameters (mnist1d: num_samples; parquet: columns)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
 
@@ -88,8 +89,10 @@ class OptimParams(Section):
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
-    schedule: Literal["constant", "cosine"] = "cosine"
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    step_epochs: PositiveInt = 30  # schedule "step": multiply by step_gamma every step_epochs after warm-up
+    step_gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
 class TrainParams(Section):

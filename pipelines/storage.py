@@ -73,6 +73,14 @@ def read_bytes(url: str) -> bytes:
         return handle.read()
 
 
+def list_names(url: str) -> list[str]:
+    """Names of the entries directly under the folder ``url`` (empty if it does not exist)."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return []
+    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False))
+
+
 def read_json(url: str) -> Any:
     return json.loads(read_bytes(url))
 

@@ -84,6 +84,13 @@ DATASET = TableSpec(
     checks=(_equal_lengths("x"),),
 )
 
+# A user's labelled table (data.name: parquet) after its columns are renamed to x / y.
+USER_DATASET = TableSpec(
+    "user_dataset",
+    {"x": _col(_F32_LIST), "y": _col(pa.int64(), _nonneg)},
+    checks=(_equal_lengths("x"),),
+)
+
 MIXED_SAMPLES = TableSpec(
     "mixed_samples",
     {

@@ -1,27 +1,46 @@
-"""The dataset registry: ``data.name`` in params.yaml picks a loader from :data:`DATASETS`."""
+"""The dataset registry: ``data.name`` in params.yaml picks a loader from :data:`DATASETS`.
+
+Every loader is called as ``loader(source=..., seed=..., **data.options)`` and returns an
+:class:`ArrayDataset` of the whole dataset; the prepare stage splits it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from pipelines import storage, tables
 from pipelines.data.dataset import ArrayDataset
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, DataError
 from pipelines.registry import Registry
 
 DatasetLoader = Callable[..., ArrayDataset]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
+def _bundled(name: str, source: str | None) -> None:
+    if source is not None:
+        raise ConfigError(f"data.source: the {name} dataset is bundled or generated and takes no source, got {source!r}")
+
+
+def _needs_source(name: str, source: str | None) -> str:
+    if not source:
+        raise ConfigError(f"data.source: the {name} dataset is read from a path or URL; set data.source")
+    return source
+
+
 @DATASETS.register("digits")
-def load_digits(source: str | None = None) -> ArrayDataset:
+def load_digits(source: str | None = None, seed: int = 0) -> ArrayDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes).
 
     Pixels are scaled from 0..16 to [0, 1]; inputs have shape ``(1797, 1, 8, 8)``.
     """
-    if source is not None:
-        raise ConfigError(f"data.source: the digits dataset is bundled and takes no source, got {source!r}")
+    _bundled("digits", source)
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
@@ -30,6 +49,107 @@ def load_digits(source: str | None = None) -> ArrayDataset:
     return ArrayDataset(x=x, y=y, ids=np.arange(len(y), dtype=np.int64), num_classes=10)
 
 
-def load_dataset(name: str, source: str | None = None) -> ArrayDataset:
-    """Load the registered dataset ``name`` (``source`` for those read from a URL)."""
-    return DATASETS.get(name, key="data.name")(source=source)
+@DATASETS.register("mnist1d")
+def load_mnist1d(source: str | None = None, seed: int = 0, num_samples: int = 5000) -> ArrayDataset:
+    """MNIST-1D generated offline (:mod:`pipelines.data.mnist1d`): ``(N, 1, 40)`` signals, 10 classes.
+
+    Args:
+        num_samples: how many to generate (the paper's 5000 by default); ``seed`` fixes them.
+    """
+    _bundled("mnist1d", source)
+    if num_samples < 10:
+        raise ConfigError(f"data.options.num_samples must be >= 10, got {num_samples!r}")
+    from pipelines.data.mnist1d import generate
+
+    x, y = generate(int(num_samples), seed)
+    return ArrayDataset(x=x, y=y, ids=np.arange(len(y), dtype=np.int64), num_classes=10)
+
+
+def _cifar(name: str, source: str | None) -> ArrayDataset:
+    from pipelines.data.cifar import load_cifar
+
+    x, y, classes = load_cifar(name, _needs_source(name, source))
+    return ArrayDataset(x=x, y=y, ids=np.arange(len(y), dtype=np.int64), num_classes=classes)
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(source: str | None = None, seed: int = 0) -> ArrayDataset:
+    """CIFAR-10 (Krizhevsky 2009) from ``cifar-10-python.tar.gz`` or its folder at ``source``:
+    the 50k training and 10k test images together, ``(60000, 3, 32, 32)`` in [0, 1]."""
+    return _cifar("cifar10", source)
+
+
+@DATASETS.register("cifar100")
+def load_cifar100(source: str | None = None, seed: int = 0) -> ArrayDataset:
+    """CIFAR-100 with its 100 fine labels, from ``cifar-100-python.tar.gz`` or its folder."""
+    return _cifar("cifar100", source)
+
+
+@DATASETS.register("parquet")
+def load_parquet(
+    source: str | None = None, seed: int = 0, x_column: str = "x", y_column: str = "label",
+    shape: Sequence[int] | None = None, num_classes: int | None = None, id_column: str | None = None,
+) -> ArrayDataset:
+    """A user's Parquet table at any fsspec URL: one list-of-numbers column of inputs, one
+    integer label column, optionally a sample-id column.
+
+    Args:
+        x_column, y_column, id_column: column names (``data.options``).
+        shape: the per-sample input shape, e.g. ``[3, 32, 32]``; default ``[1, length]``.
+        num_classes: default: the largest label + 1.
+
+    Raises:
+        DataError: a missing column, a column of the wrong type, rows of different lengths,
+            negative labels, or a shape that does not fit the rows (pandera does the checks).
+    """
+    url = _needs_source("parquet", source)
+    try:
+        arrow = pq.read_table(io.BytesIO(storage.read_bytes(url)))
+    except FileNotFoundError:
+        raise DataError(f"data.source: no file at {url}") from None
+    except pa.ArrowInvalid as error:
+        raise DataError(f"data.source: {url} is not a Parquet file ({error})") from None
+    missing = [c for c in (x_column, y_column, id_column) if c is not None and c not in arrow.column_names]
+    if missing:
+        raise DataError(f"{url}: no column(s) {missing}; the table has {arrow.column_names} (set data.options.x_column / y_column)")
+    try:
+        table = pa.table({"x": arrow[x_column].cast(pa.list_(pa.float32())), "y": arrow[y_column].cast(pa.int64())})
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise DataError(
+            f"{url}: {x_column!r} must be a list of numbers and {y_column!r} integer labels; "
+            f"got {arrow.schema.field(x_column).type} and {arrow.schema.field(y_column).type} ({error})"
+        ) from None
+    tables.validate(table, tables.USER_DATASET)
+    flat = np.array(table["x"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    rows = table.num_rows
+    width = flat.size // max(rows, 1)
+    shape = tuple(int(d) for d in shape) if shape is not None else (1, width)
+    if math.prod(shape) != width:
+        raise DataError(f"data.options.shape {list(shape)} holds {math.prod(shape)} values, but rows of {x_column!r} have {width}")
+    y = table["y"].to_numpy()
+    classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if y.max() >= classes:
+        raise DataError(f"data.options.num_classes is {classes} but {y_column!r} holds label {int(y.max())}")
+    ids = arrow[id_column].to_numpy().astype(np.int64) if id_column else np.arange(rows, dtype=np.int64)
+    return ArrayDataset(x=flat.reshape(rows, *shape), y=y.astype(np.int64), ids=ids, num_classes=classes)
+
+
+def load_dataset(name: str, source: str | None = None, seed: int = 0, options: dict | None = None) -> ArrayDataset:
+    """Load the registered dataset ``name``.
+
+    Args:
+        source: path or fsspec URL, for datasets read from one.
+        seed: for generated datasets.
+        options: the loader's own parameters (``data.options``).
+
+    Raises:
+        ConfigError: an unknown name or option, or a missing/unwanted source.
+        DataError: the source cannot be read as this dataset.
+    """
+    loader = DATASETS.get(name, key="data.name")
+    try:
+        return loader(source=source, seed=seed, **(options or {}))
+    except TypeError as error:
+        if "unexpected keyword" not in str(error):
+            raise
+        raise ConfigError(f"data.options: dataset {name!r} does not take these options ({error})") from None

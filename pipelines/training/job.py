@@ -22,6 +22,9 @@ class TrainJob:
         batch_size: per worker; the global batch is ``batch_size * num_workers``.
         seed: root seed of data order and mixing draws (per rank, epoch and step).
         init_weights: safetensors bytes of starting weights (fine-tuning), else fresh init.
+        crash_after_epoch: a fault drill: on the run's first attempt, the rank-0 worker kills its
+            own process (SIGKILL) right after reporting this epoch; Ray Train then restarts the
+            group from the last registered checkpoint if ``max_failures`` allows. None normally.
     """
 
     run_name: str
@@ -38,6 +41,7 @@ class TrainJob:
     max_failures: int = 0
     init_weights: bytes | None = None
     checkpoints_to_keep: int = 2
+    crash_after_epoch: int | None = None
 
 
 def resolve_use_gpu(setting: bool | str, cluster_gpus: float, num_workers: int, key: str = "train.use_gpu") -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 
+from pipelines import storage
 from pipelines.mixing import Mixer, MixedLoss, MixOutput, mixing_hidden
 from pipelines.models import build_model, mix_points, plain_state_dict
 from pipelines.seeding import torch_generator
@@ -46,7 +49,7 @@ def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[float, float, float]:
+def validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[float, float, float]:
     """Sum of losses, number correct and count over this rank's share of the validation set."""
     model.eval()
     share = contiguous_share(len(x), world, rank)
@@ -100,6 +103,39 @@ class StepMixing:
         )
 
 
+def train_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, mixing: StepMixing, x: torch.Tensor, y: torch.Tensor,
+    job: TrainJob, rank: int, world: int, epoch: int, use_amp: bool,
+) -> tuple[float, int]:
+    """One epoch over this rank's batches; returns (sum of batch losses x batch sizes, samples).
+
+    Needs no Ray: the benchmark runs it in a plain process as the baseline of the Ray worker.
+    """
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for step, index in enumerate(rank_batches(len(x), job.batch_size, world, rank, job.seed, epoch)):
+        index = index.to(x.device)
+        inputs, labels = x[index], y[index]
+        generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), x.device)
+        loss = mixing.batch_loss(model, inputs, labels, index, generator, use_amp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(index)
+        seen += len(index)
+    return loss_sum, seen
+
+
+def start_attempt(job: TrainJob) -> int:
+    """Count this start of the run's workers (0 for the first) by a marker file per start under
+    the run's storage, so restarts show in the history even when Ray restarts from no checkpoint.
+    Rank 0 only."""
+    folder = storage.join(job.storage_path, job.run_name, "mixpipe-attempts")
+    attempt = len(storage.list_names(folder))
+    storage.write_text(storage.join(folder, f"attempt-{attempt:04d}"), f"{time.time()}\n")
+    return attempt
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. ``config`` holds ``job`` (a :class:`TrainJob`) and ``data``
     (an object ref to the train/val arrays, plus ``y_partner_train``/``lam_train`` when the
@@ -124,14 +160,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
     if job.init_weights is not None:
         model.load_state_dict(load_safetensors(job.init_weights))
-    progress = TrainState(epoch=0, history=[], attempt=0)
+    attempt = start_attempt(job) if rank == 0 else -1  # only rank 0 records history and runs the drill
+    progress = TrainState(epoch=0, history=[], attempt=attempt)
     saved = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             saved = load_train_state(directory)
         model.load_state_dict(saved.weights)
-        progress = TrainState(saved.progress.epoch, saved.progress.history, saved.progress.attempt + 1)
+        progress = TrainState(saved.progress.epoch, saved.progress.history, attempt)
     model = prepare_model(model)
     optimizer = build_optimizer(model.parameters(), job.optim)
     if saved is not None:
@@ -153,20 +190,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)
-        model.train()
-        loss_sum, seen = 0.0, 0
-        batches = rank_batches(len(x_train), job.batch_size, world, rank, job.seed, epoch)
-        for step, index in enumerate(batches):
-            index = index.to(device)
-            inputs, labels = x_train[index], y_train[index]
-            generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), device)
-            loss = mixing.batch_loss(model, inputs, labels, index, generator, use_amp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(index)
-            seen += len(index)
-        val_loss, val_correct, val_count = _validate(model, x_val, y_val, rank, world)
+        loss_sum, seen = train_epoch(model, optimizer, mixing, x_train, y_train, job, rank, world, epoch, use_amp)
+        val_loss, val_correct, val_count = validate(model, x_val, y_val, rank, world)
         totals = _sum_across_ranks([loss_sum, seen, val_loss, val_correct, val_count], device)
         seconds = time.perf_counter() - started
         record = {
@@ -193,3 +218,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(record)
+        if job.crash_after_epoch == epoch + 1 and progress.attempt == 0:
+            log.warning("[%s] fault drill: killing the rank-0 worker after epoch %d", job.run_name, epoch + 1)
+            os.kill(os.getpid(), signal.SIGKILL)

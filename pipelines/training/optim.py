@@ -22,12 +22,15 @@ def lr_at_epoch(optim: OptimParams, epoch: int, epochs: int) -> float:
     """Learning rate for 0-based ``epoch`` of ``epochs``.
 
     Linear warm-up over ``warmup_epochs`` (reaching ``lr`` at the first epoch after it), then
-    constant or cosine decay (Loshchilov & Hutter, SGDR, ICLR 2017) without restarts.
+    constant, step decay (``step_gamma`` every ``step_epochs``) or cosine decay (Loshchilov &
+    Hutter, SGDR, ICLR 2017) without restarts.
     """
     if epoch < optim.warmup_epochs:
         return optim.lr * (epoch + 1) / (optim.warmup_epochs + 1)
     if optim.schedule == "constant":
         return optim.lr
+    if optim.schedule == "step":
+        return optim.lr * optim.step_gamma ** ((epoch - optim.warmup_epochs) // optim.step_epochs)
     progress = (epoch - optim.warmup_epochs) / max(1, epochs - optim.warmup_epochs)
     return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -95,6 +95,32 @@ def test_two_workers_at_b_match_one_worker_at_2b(ray_local, splits, tmp_path):
         torch.testing.assert_close(two.state_dict[key], tensor, rtol=0, atol=1e-4)
 
 
+def test_a_killed_worker_resumes_from_the_last_checkpoint_and_a_stopped_run_resumes_exactly(ray_local, splits, tmp_path):
+    """Fault drill: the rank-0 worker SIGKILLs itself after epoch 2 of 3.
+
+    With ``max_failures=1`` Ray Train restarts the group from the last checkpoint; with 0 the run
+    stops, and running it again under the same name resumes it. All randomness is derived from
+    (seed, rank, epoch, step) and the optimizer state is checkpointed, so both end on exactly the
+    weights of an uninterrupted run.
+    """
+    import ray.train
+
+    train, val = splits
+    full = run_training(job(tmp_path, "full", epochs=3), train, val)
+    killed = run_training(job(tmp_path, "killed", epochs=3, max_failures=1, crash_after_epoch=2), train, val)
+    epochs = [r["epoch"] for r in killed.history]
+    attempts = [r["attempt"] for r in killed.history]
+    assert epochs == [1, 2, 3] and attempts[0] == 0 and attempts[-1] == 1 and attempts == sorted(attempts)
+    assert attempts.index(1) in (1, 2)  # resumed from epoch 1 or 2: redid at most the epoch it was killed after
+    with pytest.raises(ray.train.TrainingFailedError):
+        run_training(job(tmp_path, "stopped", epochs=3, max_failures=0, crash_after_epoch=2), train, val)
+    resumed = run_training(job(tmp_path, "stopped", epochs=3, max_failures=0), train, val)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3] and resumed.history[-1]["attempt"] == 1
+    for outcome in (killed, resumed):
+        for key, tensor in full.state_dict.items():
+            assert torch.equal(tensor, outcome.state_dict[key]), key
+
+
 def test_manifold_mixup_with_rankmixup_trains_under_ddp(ray_local, splits, tmp_path):
     """Hidden-layer mixing and the clean+mixed forward of RankMixup under two DDP workers: one
     forward per backward, so DDP's gradient hooks fire once per parameter and step."""

@@ -51,6 +51,8 @@ def test_lr_schedule_values():
     ]
     constant = OptimParams(lr=0.1, schedule="constant")
     assert {lr_at_epoch(constant, e, 4) for e in range(4)} == {0.1}
+    step = OptimParams(lr=0.1, schedule="step", warmup_epochs=1, step_epochs=2, step_gamma=0.5)
+    assert [lr_at_epoch(step, e, 6) for e in range(6)] == [0.05, 0.1, 0.1, 0.05, 0.05, 0.025]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
