@@ -5,12 +5,12 @@ Usage:
     python tools/netns.py -- python benchmarks/bench_training.py [--dataset digits] [--model cnn]
         [--batch 32] [--epochs 6] [--method mixup]
 
-Every variant runs the same epoch function (``pipelines.training.loop.train_epoch``), validation
-and per-epoch checkpoint write on the same data, model and per-worker batch, one torch thread per
-worker. The plain baseline runs them in this process. Ray runs are timed from the driver, twice
-per variant (2 epochs and 2 + ``--epochs``), and the difference divided by ``--epochs`` is the
-steady-state epoch time: start-up, worker-group creation and the first epoch cancel out, while
-Ray's per-epoch costs (reporting, checkpoint upload, DDP) stay in.
+Every variant runs the same epoch function (``pipelines.training.loop.train_epoch``) and
+validation on the same data, model and per-worker batch, one torch thread per worker; the plain
+baseline runs them in this process, without Ray or DDP. Steady-state samples/s is the median over
+epochs 2.. of (training samples / seconds to train and validate the epoch), as the workers time it
+themselves. The end-to-end column is the wall time of the whole run seen from here: Ray's start
+of the worker group, per-epoch checkpoints and reports included.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -34,9 +35,11 @@ from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, save_train_state
 
 
-def plain_epoch_seconds(job: TrainJob, train, val, epochs: int) -> list[float]:
-    """Wall time of each epoch of the loop without Ray (train, validate, write the checkpoint)."""
+def plain_run(job: TrainJob, train, val) -> tuple[float, float]:
+    """The loop without Ray: median seconds per epoch (train + validate) over epochs 2.., and the
+    whole run's seconds including a checkpoint write per epoch."""
     torch.set_num_threads(1)  # what a Ray worker with one CPU gets
+    started = time.perf_counter()
     card = job.card
     model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
     optimizer = build_optimizer(model.parameters(), job.optim)
@@ -44,25 +47,23 @@ def plain_epoch_seconds(job: TrainJob, train, val, epochs: int) -> list[float]:
     x, y = torch.tensor(train.x), torch.tensor(train.y)
     xv, yv = torch.tensor(val.x), torch.tensor(val.y)
     seconds = []
-    for epoch in range(epochs):
-        started = time.perf_counter()
-        set_lr(optimizer, lr_at_epoch(job.optim, epoch, epochs))
+    for epoch in range(job.epochs):
+        epoch_started = time.perf_counter()
+        set_lr(optimizer, lr_at_epoch(job.optim, epoch, job.epochs))
         train_epoch(model, optimizer, mixing, x, y, job, 0, 1, epoch, use_amp=False)
         validate(model, xv, yv, 0, 1)
+        seconds.append(time.perf_counter() - epoch_started)
         with tempfile.TemporaryDirectory() as directory:
             save_train_state(directory, plain_state_dict(model), card, optimizer, TrainState(epoch + 1, [], 0))
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return statistics.median(seconds[1:]), time.perf_counter() - started
 
 
-def ray_epoch_seconds(job: TrainJob, train, val, epochs: int) -> float:
-    """Steady-state seconds per epoch of a Ray Train run, by differencing a short and a long run."""
-    totals = {}
-    for count in (2, 2 + epochs):
-        started = time.perf_counter()
-        run_training(TrainJob(**{**vars(job), "epochs": count, "run_name": f"{job.run_name}-{count}"}), train, val)
-        totals[count] = time.perf_counter() - started
-    return (totals[2 + epochs] - totals[2]) / epochs
+def ray_run(job: TrainJob, train, val) -> tuple[float, float]:
+    """A Ray Train run: median ``epoch_seconds`` (train + validate, timed in the workers) over
+    epochs 2.., and the wall time of ``run_training``."""
+    started = time.perf_counter()
+    outcome = run_training(job, train, val)
+    return statistics.median(r["epoch_seconds"] for r in outcome.history[1:]), time.perf_counter() - started
 
 
 def main() -> None:
@@ -79,30 +80,28 @@ def main() -> None:
     train, val = normalise(data.train, mean, std), normalise(data.val, mean, std)
     storage = tempfile.mkdtemp(prefix="mixpipe-bench-")
     job = TrainJob(
-        run_name="bench", card=ModelCard(args.model, train.input_shape, train.num_classes, seed=0), epochs=2,
-        batch_size=args.batch, optim=OptimParams(lr=0.05), mixing=MixingSpec(args.method, alpha=0.2), seed=0,
-        storage_path=storage, num_workers=1, cpus_per_worker=1.0, use_gpu="auto",
+        run_name="bench", card=ModelCard(args.model, train.input_shape, train.num_classes, seed=0),
+        epochs=1 + args.epochs, batch_size=args.batch, optim=OptimParams(lr=0.05),
+        mixing=MixingSpec(args.method, alpha=0.2), seed=0, storage_path=storage, num_workers=1,
+        cpus_per_worker=1.0, use_gpu="auto",
     )
-    plain = statistics.median(plain_epoch_seconds(job, train, val, 1 + args.epochs)[1:])
+    plain = plain_run(job, train, val)
     with ray_session(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp")):
-        one = ray_epoch_seconds(TrainJob(**{**vars(job), "run_name": "one"}), train, val, args.epochs)
-        two = ray_epoch_seconds(TrainJob(**{**vars(job), "run_name": "two", "num_workers": 2}), train, val, args.epochs)
+        one = ray_run(replace(job, run_name="one"), train, val)
+        two = ray_run(replace(job, run_name="two", num_workers=2), train, val)
 
-    def samples(workers: int) -> int:
-        return steps_per_epoch(len(train), args.batch, workers) * args.batch * workers
+    def rate(workers: int, seconds: float) -> float:
+        return steps_per_epoch(len(train), args.batch, workers) * args.batch * workers / seconds
 
-    rows = [
-        ("plain loop, 1 process", samples(1) / plain, 1.0),
-        ("Ray Train, 1 worker", samples(1) / one, plain / one),
-        ("Ray Train, 2 workers (DDP)", samples(2) / two, (samples(2) / two) / (samples(1) / plain)),
-    ]
+    rows = [("plain loop, 1 process", 1, plain), ("Ray Train, 1 worker", 1, one), ("Ray Train, 2 workers (DDP)", 2, two)]
+    base = rate(1, plain[0])
     print(f"{args.dataset} / {args.model}, {args.method}, per-worker batch {args.batch}, {len(train)} train samples, "
-          f"{torch.get_num_threads()} torch thread(s) per worker, steady state over {args.epochs} epochs")
-    print(f"{'variant':30s} {'samples/s':>10s} {'vs plain':>9s}")
-    for name, rate, ratio in rows:
-        print(f"{name:30s} {rate:10,.0f} {ratio:8.2f}x")
-    print(f"Ray overhead, 1 worker: {100 * (one / plain - 1):.1f}% of the plain epoch time")
-    print(f"2 workers vs 1 worker: {one / two * samples(2) / samples(1):.2f}x samples/s")
+          f"1 torch thread per worker, {1 + args.epochs} epochs")
+    print(f"{'variant':28s} {'steady samples/s':>17s} {'vs plain':>9s} {'end-to-end s':>13s}")
+    for name, workers, (epoch_seconds, total) in rows:
+        print(f"{name:28s} {rate(workers, epoch_seconds):17,.0f} {rate(workers, epoch_seconds) / base:8.2f}x {total:13.1f}")
+    print(f"Ray overhead, 1 worker: {100 * (one[0] / plain[0] - 1):+.1f}% of the plain epoch time")
+    print(f"2 workers vs 1 worker: {rate(2, two[0]) / rate(1, one[0]):.2f}x samples/s")
 
 
 if __name__ == "__main__":

@@ -84,10 +84,18 @@ def _import_ray_for_local_start() -> None:
             os.environ[_LOCAL_ONLY_ENV] = previous
 
 
+# A Train V2 ray.train.report blocks until the controller's next poll of the workers, every 2 s by
+# default: on a laptop-sized epoch (under a second) that wait was most of the epoch. A user's own
+# setting of the variable wins; clusters keep Ray's default.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+LOCAL_TRAIN_POLL_S = "0.2"
+
+
 def _start_local(num_cpus: int | None, temp_dir: str | None, num_gpus: int | None) -> None:
     import ray
 
     ray.init(
+        runtime_env={"env_vars": {TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)}},
         num_cpus=num_cpus or os.cpu_count() or 1,
         num_gpus=num_gpus,
         # Train V2's placement-group cleaner and the state API need the dashboard; loopback only.
