@@ -53,6 +53,14 @@ def check_fits(job: TrainJob, train: ArrayDataset) -> None:
             )
 
 
+def worker_setup(job: TrainJob, cluster_gpus: float) -> tuple[bool, dict[str, float], str]:
+    """Whether workers use GPUs, the resources each requests, and the DDP backend: NCCL with one
+    GPU per worker, gloo on CPU (the loop autocasts to bf16 when its device is CUDA)."""
+    use_gpu = resolve_use_gpu(job.use_gpu, cluster_gpus, job.num_workers)
+    resources = {"CPU": job.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+    return use_gpu, resources, "nccl" if use_gpu else "gloo"
+
+
 def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
 
@@ -65,11 +73,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     check_fits(job, train)
-    use_gpu = resolve_use_gpu(job.use_gpu, ray.cluster_resources().get("GPU", 0), job.num_workers)
-    per_worker = {"CPU": job.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    use_gpu, per_worker, backend = worker_setup(job, ray.cluster_resources().get("GPU", 0))
     arrays = {"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y}
     if isinstance(train, MixedDataset):
         arrays.update(y_partner_train=train.y_partner, lam_train=train.lam)
@@ -77,6 +84,7 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "data": data},
+        torch_config=TorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),

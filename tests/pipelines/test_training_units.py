@@ -92,6 +92,23 @@ def test_use_gpu_resolution(setting, gpus, workers, expected):
     assert resolve_use_gpu(setting, gpus, workers) is expected
 
 
+@pytest.mark.parametrize(
+    ("setting", "gpus", "expected"),
+    [
+        ("auto", 0, (False, {"CPU": 1.5}, "gloo")),
+        ("auto", 2, (True, {"CPU": 1.5, "GPU": 1.0}, "nccl")),
+        (False, 8, (False, {"CPU": 1.5}, "gloo")),
+        (True, 2, (True, {"CPU": 1.5, "GPU": 1.0}, "nccl")),
+    ],
+)
+def test_worker_setup_picks_resources_and_backend(setting, gpus, expected):
+    from pipelines.training.driver import worker_setup
+
+    job = TrainJob("r", ModelCard("mlp", (1, 2, 2), 2, 0), epochs=1, batch_size=4, optim=OptimParams(),
+                   mixing=MixingSpec(), seed=0, storage_path="/tmp", num_workers=2, cpus_per_worker=1.5, use_gpu=setting)
+    assert worker_setup(job, gpus) == expected
+
+
 def test_use_gpu_true_without_gpus_names_the_key():
     with pytest.raises(ConfigError, match="tune.use_gpu is true but the cluster has 1 GPU\\(s\\) for 2 worker"):
         resolve_use_gpu(True, 1, 2, key="tune.use_gpu")
