@@ -141,8 +141,12 @@ class TuneParams(Section):
 
 
 class MergeParams(Section):
+    """Merge methods over the tune stage's fine-tunes; ``params`` holds each method's own
+    parameters keyed by method (``{ties: {density: 0.2}}``)."""
+
     methods: list[str] = ["uniform_soup", "greedy_soup"]
     include_base: bool = False
+    params: dict[str, dict[str, Any]] = {}
 
     _check_methods = field_validator("methods")(_unique_nonempty)
 
@@ -285,6 +289,11 @@ def check_registered_names(params: Params) -> None:
         MIXERS.get(name, key=f"tune.methods.{i}")
     for i, name in enumerate(params.merge.methods):
         MERGE_METHODS.get(name, key=f"merge.methods.{i}")
+    for name, given in params.merge.params.items():
+        entry = MERGE_METHODS.get(name, key=f"merge.params.{name}")
+        unknown = sorted(k for k in given if not entry.accepts(k) or k in ("states", "base", "score", "scores"))
+        if unknown:
+            raise ConfigError(f"merge.params.{name}: {name} does not take {unknown}")
 
 
 def fingerprint(*objects: Any, length: int = 12) -> str:

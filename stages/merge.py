@@ -4,8 +4,10 @@ Usage:
     python -m stages.merge
 
 Reads ``merge``; writes ``<merged>/<method>.safetensors`` (the base model's architecture, see its
-card) and ``<results>/merges.parquet`` (``merges`` table). Data-dependent methods (greedy soup)
-score candidates by validation accuracy.
+card) and ``<results>/merges.parquet`` (``merges`` table). ``merge.params.<method>`` holds a
+method's parameters (``density``, ``scale``...). Task-vector methods take the base model as the
+shared initialisation; SLERP merges the two models with the best validation accuracy; greedy
+soup scores candidates by validation accuracy.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def main(argv: list[str]) -> None:
     trials = tables.read_table(storage.join(p.paths.results, "trials.parquet"), tables.TRIALS)
     names = list(trials["trial"])
     states = [load_state_dict(path) for path in trials["checkpoint"]]
+    base = load_state_dict(p.paths.base_model)
     if p.merge.include_base:
         names.append("base")
-        states.append(load_state_dict(p.paths.base_model))
+        states.append(base)
 
     def val_accuracy(state):
         return score_state(card, state, val.x, val.y)["accuracy"]
@@ -42,16 +45,21 @@ def main(argv: list[str]) -> None:
     rows = []
     for method in p.merge.methods:
         entry = MERGE_METHODS.get(method, key="merge.methods")
-        extra = {"score": val_accuracy, "scores": own_scores} if entry.accepts("score") else {}
+        extra = dict(p.merge.params.get(method, {}))
+        if entry.accepts("score"):
+            extra.update(score=val_accuracy, scores=own_scores)
+        chosen = list(range(len(states)))
+        if method == "slerp":  # two models by definition: the two best on validation
+            chosen = sorted(chosen, key=lambda i: (-own_scores[i], i))[:2]
         started = time.perf_counter()
-        result = run_merge(method, states, **extra)
+        result = run_merge(method, [states[i] for i in chosen], base if entry.needs_base else None, **extra)
+        members = [chosen[i] for i in result.members]
         seconds = time.perf_counter() - started
         path = storage.join(p.paths.merged, f"{method}.safetensors")
         storage.write_bytes(path, state_dict_bytes(result.state_dict))
         scores = score_state(card, result.state_dict, val.x, val.y)
-        rows.append({"method": method, "num_models": len(result.members),
-                     "members": ",".join(names[i] for i in result.members), "val_loss": scores["nll"],
-                     "val_accuracy": scores["accuracy"], "seconds": seconds, "checkpoint": path})
+        rows.append({"method": method, "num_models": len(members), "members": ",".join(names[i] for i in members),
+                     "val_loss": scores["nll"], "val_accuracy": scores["accuracy"], "seconds": seconds, "checkpoint": path})
     merges = pd.DataFrame(rows)
     tables.write_table(merges, storage.join(p.paths.results, "merges.parquet"), tables.MERGES)
     print(merges[["method", "num_models", "val_accuracy"]].to_string(index=False))

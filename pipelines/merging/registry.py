@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.errors import ConfigError
-from pipelines.merging import soups
+from pipelines.merging import methods, soups
 from pipelines.merging.state import ModelSource, StateDict, resolve
 from pipelines.registry import Registry
 
@@ -38,9 +38,22 @@ class MergeResult:
 MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
 _SOUPS = "https://arxiv.org/abs/2203.05482"
+_TASK_ARITHMETIC = "https://arxiv.org/abs/2212.04089"
+_TIES = "https://arxiv.org/abs/2306.01708"
+_DARE = "https://arxiv.org/abs/2311.03099"
+_BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
 for _method in (
+    MergeMethod("linear", "Linear (weighted average)", _SOUPS, methods.linear),
     MergeMethod("uniform_soup", "Uniform soup", _SOUPS, soups.uniform_soup),
     MergeMethod("greedy_soup", "Greedy soup", _SOUPS, soups.greedy_soup),
+    MergeMethod("task_arithmetic", "Task arithmetic", _TASK_ARITHMETIC, methods.task_arithmetic, needs_base=True),
+    MergeMethod("ties", "TIES-Merging", _TIES, methods.ties, needs_base=True),
+    MergeMethod("dare_linear", "DARE + task arithmetic", _DARE, methods.dare_linear, needs_base=True),
+    MergeMethod("dare_ties", "DARE + TIES", _DARE, methods.dare_ties, needs_base=True),
+    MergeMethod("breadcrumbs", "Model Breadcrumbs", _BREADCRUMBS, methods.breadcrumbs, needs_base=True),
+    MergeMethod("breadcrumbs_ties", "Model Breadcrumbs + TIES", _BREADCRUMBS, methods.breadcrumbs_ties, needs_base=True),
+    MergeMethod("slerp", "SLERP", "https://dl.acm.org/doi/10.1145/325165.325242", methods.slerp_merge),
+    MergeMethod("model_stock", "Model Stock", "https://arxiv.org/abs/2403.19522", methods.model_stock, needs_base=True),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["prepare", "augment@mixup", "augment@cutmix", "train", "tune", "merge", "evaluate", "report"]
 TRIALS = ["t00-mixup-a0.2", "t01-mixup-a1", "t02-cutmix-a0.2", "t03-cutmix-a1"]
+MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp"]
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +77,15 @@ def test_tune_keeps_every_trial(workspace):
 
 def test_merge_and_evaluate_cover_every_model(workspace):
     merges = tables.read_table(str(workspace / "results/merges.parquet"), "merges")
-    assert merges["method"].tolist() == ["uniform_soup", "greedy_soup"]
-    assert merges.set_index("method").loc["uniform_soup", "num_models"] == 4
-    assert 1 <= merges.set_index("method").loc["greedy_soup", "num_models"] <= 4
+    assert merges["method"].tolist() == MERGES
+    counts = merges.set_index("method")["num_models"]
+    assert counts["uniform_soup"] == counts["ties"] == counts["model_stock"] == 4 and counts["slerp"] == 2
+    assert 1 <= counts["greedy_soup"] <= 4
     evaluation = tables.read_table(str(workspace / "results/evaluation.parquet"), "evaluation")
-    assert evaluation["model"].tolist() == ["base", *TRIALS, "uniform_soup", "greedy_soup"]
+    assert evaluation["model"].tolist() == ["base", *TRIALS, *MERGES]
     assert (evaluation["num_samples"] == 269).all() and (evaluation["accuracy"] > 0.5).all()
     metrics = json.loads((workspace / "metrics.json").read_text())["test"]
-    assert set(metrics) == {"base", "best_trial", "uniform_soup", "greedy_soup"}
+    assert set(metrics) == {"base", "best_trial", *MERGES}
     assert metrics["base"]["accuracy"] == pytest.approx(evaluation.set_index("model").loc["base", "accuracy"], abs=1e-6)
     assert (workspace / "results/plots/models.csv").read_text().startswith("model,kind,num_samples,accuracy")
     page = (workspace / "report/index.html").read_text()

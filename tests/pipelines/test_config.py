@@ -44,6 +44,8 @@ def test_defaults_are_valid_and_frozen():
         ({"mixing": {"options": {"fmix": {"decy_power": 2}}}}, "mixing.options.fmix: method 'fmix' does not take"),
         ({"mixing": {"options": {"fmix": {"decay_power": -2}}}}, "mixing.decay_power must be > 0, got -2"),
         ({"mixing": {"options": {"resizemix": {"scope": [0.9, 0.2]}}}}, "mixing.scope must satisfy 0 < low <= high <= 1"),
+        ({"merge": {"params": {"ties": {"dens": 0.1}}}}, "merge.params.ties: ties does not take ['dens']"),
+        ({"merge": {"params": {"tiez": {}}}}, "merge.params.tiez: unknown merge method 'tiez'"),
         ({"mixing": {"loss": "focal"}}, "mixing.loss: unknown mixing loss 'focal'; known: decoupled, rankmixup, soft_ce"),
         ({"mixing": {"loss": "decoupled", "loss_options": {"eta": -1}}}, "mixing.loss_options.eta must be >= 0, got -1"),
         ({"mixing": {"loss": "soft_ce", "loss_options": {"eta": 1}}}, "mixing.loss_options: loss 'soft_ce' does not take"),

@@ -24,7 +24,9 @@ def test_registry_methods_keep_keys_shapes_and_dtypes(name):
     entry = MERGE_METHODS.get(name)
     assert entry.paper_url.startswith("https://") and entry.pretty_name
     extra = {"score": score_by_distance([3.0, 2.0])} if entry.accepts("score") else {}
-    merged = merge(name, states(), **extra)
+    models = states()[:2] if name == "slerp" else states()
+    base = {"w": torch.tensor([0.5, 0.5]), "b": torch.tensor([0.0]), "steps": torch.tensor(1)} if entry.needs_base else None
+    merged = merge(name, models, base, **extra)
     assert merged.keys() == states()[0].keys()
     for key, value in merged.items():
         assert value.shape == states()[0][key].shape and value.dtype == states()[0][key].dtype

@@ -1,0 +1,96 @@
+"""Sparsifiers for task vectors: which entries of a task vector survive before merging.
+
+Each returns a new tensor (the kept entries, possibly rescaled) and leaves its input alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Rescale = Literal["inverse_density", "l1"] | None
+
+
+def keep_count(numel: int, fraction: float) -> int:
+    """How many of ``numel`` entries a ``fraction`` keeps: ``int(fraction * numel)``, as mergekit
+    rounds (TIES' 20% of 8 entries keeps 1)."""
+    return int(fraction * numel)
+
+
+def _largest(magnitude: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the ``count`` largest entries; among equal magnitudes the earlier index wins,
+    so results do not depend on the sort kernel."""
+    mask = torch.zeros(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
+    if count > 0:
+        order = torch.argsort(magnitude.flatten(), descending=True, stable=True)
+        mask[order[:count]] = True
+    return mask.view_as(magnitude)
+
+
+def magnitude(task_vector: torch.Tensor, density: float, threshold: float | None = None) -> torch.Tensor:
+    """Keep the largest-magnitude ``density`` fraction of entries (TIES' trim step).
+
+    Args:
+        density: fraction kept, in (0, 1].
+        threshold: keep entries with ``|x| >= threshold`` instead: the model-wide cut that
+            :func:`model_threshold` computes (``topk_scope="model"``, as in the TIES paper and
+            FusionBench); without it the cut is per tensor (mergekit's default).
+    """
+    if threshold is not None:
+        return torch.where(task_vector.abs() >= threshold, task_vector, torch.zeros_like(task_vector))
+    keep = _largest(task_vector.abs(), keep_count(task_vector.numel(), density))
+    return torch.where(keep, task_vector, torch.zeros_like(task_vector))
+
+
+def model_threshold(task_vectors: list[torch.Tensor], density: float) -> float:
+    """The magnitude that the top ``density`` fraction of one model's entries (all its tensors
+    together) reaches: the cut for ``topk_scope="model"``. Entries tied at the cut are all kept."""
+    values = torch.cat([t.detach().abs().flatten().double() for t in task_vectors])
+    count = keep_count(values.numel(), density)
+    if count == 0:
+        return float("inf")
+    return float(torch.topk(values, count, sorted=False).values.min())
+
+
+def random_drop(
+    task_vector: torch.Tensor, density: float, generator: torch.Generator, rescale: Rescale = "inverse_density"
+) -> torch.Tensor:
+    """DARE (Yu et al., "Language Models are Super Mario", ICML 2024, https://arxiv.org/abs/2311.03099):
+    keep each entry with probability ``density`` (drawn from ``generator``), then rescale.
+
+    Args:
+        rescale: ``"inverse_density"`` divides the kept entries by ``density`` (the paper; the
+            merged task vector is unbiased); ``"l1"`` scales them so the L1 norm matches the
+            original (mergekit's ``rescale_norm``); None keeps them as they are.
+    """
+    keep = torch.rand(task_vector.shape, generator=generator, device=generator.device).to(task_vector.device) < density
+    kept = torch.where(keep, task_vector, torch.zeros_like(task_vector))
+    return _rescaled(kept, task_vector, density, rescale)
+
+
+def breadcrumbs(task_vector: torch.Tensor, density: float, gamma: float, rescale: Rescale = None) -> torch.Tensor:
+    """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024, https://arxiv.org/abs/2312.06795): drop
+    the largest ``gamma`` fraction of entries (outliers) and everything below the next ``density``
+    fraction, per tensor, as mergekit's ``magnitude_outliers`` does.
+
+    Of ``n`` entries, the ``int(gamma * n)`` largest are dropped and the following
+    ``int(density * n)`` kept.
+    """
+    n = task_vector.numel()
+    top = keep_count(n, gamma)
+    outliers = _largest(task_vector.abs(), top)
+    kept = _largest(task_vector.abs(), top + keep_count(n, density)) & ~outliers
+    out = torch.where(kept, task_vector, torch.zeros_like(task_vector))
+    return _rescaled(out, task_vector, density, rescale)
+
+
+def _rescaled(kept: torch.Tensor, original: torch.Tensor, density: float, rescale: Rescale) -> torch.Tensor:
+    if rescale is None:
+        return kept
+    if rescale == "inverse_density":
+        return kept / density
+    if rescale == "l1":
+        norm = kept.abs().sum()
+        return kept * (original.abs().sum() / norm) if norm > 0 else kept
+    raise ValueError(f"merge: rescale must be 'inverse_density', 'l1' or None, got {rescale!r}")

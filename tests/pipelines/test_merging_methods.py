@@ -1,0 +1,142 @@
+"""Task-vector methods, SLERP and Model Stock against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from pipelines.errors import ConfigError
+from pipelines.merging import merge
+from pipelines.merging import sparsify
+from pipelines.merging.consensus import disjoint_merge, elect_sign
+from pipelines.seeding import torch_generator
+
+TAU = [
+    torch.tensor([0.5, -0.2, 0.1, 0.0, 0.9, -0.4, 0.3, -0.05]),
+    torch.tensor([-0.6, 0.3, 0.2, -0.1, 0.8, 0.1, -0.3, 0.02]),
+    torch.tensor([0.4, -0.1, -0.7, 0.2, -0.2, 0.05, 0.6, -0.01]),
+]
+BASE = {"w": torch.zeros(8)}
+
+
+def models(taus=TAU, base=None):
+    base = BASE if base is None else base
+    return [{"w": base["w"] + t} for t in taus]
+
+
+def close(tensor, expected, tol=1e-6):
+    torch.testing.assert_close(tensor, torch.tensor(expected, dtype=tensor.dtype), rtol=0, atol=tol)
+
+
+def test_task_arithmetic_golden():
+    close(merge("task_arithmetic", models(), BASE)["w"], [0.3, 0.0, -0.4, 0.1, 1.5, -0.25, 0.6, -0.04])
+    close(merge("task_arithmetic", models(), BASE, scale=0.5, weights=[1, 0, 0])["w"], (0.5 * TAU[0]).tolist())
+    # a non-zero base is added back
+    base = {"w": torch.full((8,), 2.0)}
+    close(merge("task_arithmetic", models(base=base), base)["w"], [2.3, 2.0, 1.6, 2.1, 3.5, 1.75, 2.6, 1.96])
+
+
+def test_ties_golden_mean_and_sum():
+    close(merge("ties", models(), BASE, density=0.5)["w"], [0.45, 0.3, -0.7, 0.2, 0.85, -0.4, 0.45, 0.0])
+    close(merge("ties", models(), BASE, density=0.5, combine="sum")["w"], [0.9, 0.3, -0.7, 0.2, 1.7, -0.4, 0.9, 0.0])
+
+
+def test_ties_output_agrees_with_the_elected_sign():
+    taus = [torch.randn(200, generator=torch_generator(i)) for i in range(4)]
+    merged = merge("ties", models(taus, {"w": torch.zeros(200)}), {"w": torch.zeros(200)}, density=0.3)["w"]
+    trimmed = torch.stack([sparsify.magnitude(t, 0.3) for t in taus])
+    sign = elect_sign(trimmed)
+    nonzero = merged != 0
+    assert bool((torch.sign(merged[nonzero]) == sign[nonzero]).all())
+
+
+def test_magnitude_top_k_per_tensor_or_per_model():
+    # per tensor: 2 of 4 each; per model: the 4 largest of all 8 entries, wherever they are
+    small, large = torch.tensor([0.1, -0.2, 0.3, 0.05]), torch.tensor([1.0, -2.0, 0.4, 0.01])
+    close(sparsify.magnitude(small, 0.5), [0.0, -0.2, 0.3, 0.0])
+    cut = sparsify.model_threshold([small, large], 0.5)
+    assert cut == pytest.approx(0.3)
+    close(sparsify.magnitude(small, 0.5, cut), [0.0, 0.0, 0.3, 0.0])
+    close(sparsify.magnitude(large, 0.5, cut), [1.0, -2.0, 0.4, 0.0])
+    base = {"a": torch.zeros(4), "b": torch.zeros(4)}
+    per_model = merge("ties", [{"a": small, "b": large}], base, density=0.5, topk_scope="model")
+    close(per_model["a"], [0.0, 0.0, 0.3, 0.0])
+    close(per_model["b"], [1.0, -2.0, 0.4, 0.0])
+
+
+def test_sign_election_options():
+    stacked = torch.tensor([[0.5, 0.2, -0.1], [-0.5, 0.1, -0.1], [0.0, -0.4, 0.3]])
+    assert elect_sign(stacked).tolist() == [1.0, -1.0, 1.0]  # a zero sum elects + (mergekit)
+    assert elect_sign(stacked, zero_sum="zero").tolist() == [0.0, -1.0, 1.0]
+    assert elect_sign(stacked, election="unweighted").tolist() == [1.0, 1.0, -1.0]  # counts: 0, +1, -1
+    close(disjoint_merge(stacked, torch.tensor([1.0, -1.0, 1.0])), [0.5, -0.4, 0.3])
+    close(disjoint_merge(stacked, torch.tensor([0.0, 1.0, -1.0])), [0.0, 0.15, -0.1])
+    weighted = disjoint_merge(stacked, torch.tensor([1.0, 1.0, -1.0]), weights=torch.tensor([1.0, 3.0, 1.0]))
+    close(weighted, [0.5, (0.2 + 3 * 0.1) / 4, -(0.1 + 3 * 0.1) / 4])
+
+
+def test_dare_keeps_the_expected_fraction_and_is_unbiased():
+    tau = torch.randn(20_000, generator=torch_generator(0))
+    kept = sparsify.random_drop(tau, 0.3, torch_generator(1))
+    fraction = float((kept != 0).double().mean())
+    assert abs(fraction - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 20_000)
+    nonzero = kept != 0
+    close(kept[nonzero], (tau[nonzero] / 0.3).tolist(), tol=1e-5)
+    # unbiased: averaged over many drops the merge comes back to the task vector
+    small = {"w": torch.tensor([1.0, -2.0, 0.5, 4.0])}
+    zero = {"w": torch.zeros(4)}
+    mean = torch.stack([merge("dare_linear", [small], zero, density=0.25, seed=s)["w"] for s in range(4000)]).mean(0)
+    torch.testing.assert_close(mean, small["w"], rtol=0, atol=0.25)
+    l1 = sparsify.random_drop(tau, 0.3, torch_generator(1), rescale="l1")
+    assert float(l1.abs().sum()) == pytest.approx(float(tau.abs().sum()), rel=1e-5)
+
+
+def test_dare_is_seeded():
+    ms, base = models(), BASE
+    first = merge("dare_ties", ms, base, density=0.5, seed=3)["w"]
+    assert torch.equal(first, merge("dare_ties", ms, base, density=0.5, seed=3)["w"])
+    assert not torch.equal(first, merge("dare_ties", ms, base, density=0.5, seed=4)["w"])
+
+
+def test_breadcrumbs_counts():
+    tau = torch.arange(1, 101, dtype=torch.float32) * torch.where(torch.arange(100) % 2 == 0, 1.0, -1.0)
+    out = sparsify.breadcrumbs(tau, density=0.5, gamma=0.1)
+    magnitudes = out.abs()
+    assert int((out != 0).sum()) == 50
+    assert float(magnitudes.max()) == 90.0 and float(magnitudes[magnitudes > 0].min()) == 41.0  # 100..91 dropped, 90..41 kept
+    assert torch.equal(out[out != 0], tau[out != 0])
+    merged = merge("breadcrumbs", [{"w": tau}], {"w": torch.zeros(100)}, density=0.5, gamma=0.1)["w"]
+    assert torch.equal(merged, out)
+
+
+def test_slerp_golden_and_ends():
+    a, b = {"w": torch.tensor([1.0, 0.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 2.0, 0.0, 0.0])}
+    close(merge("slerp", [a, b], t=0.5)["w"], [0.707107, 1.414214, 0.0, 0.0])
+    close(merge("slerp", [a, b], t=0.0)["w"], [1.0, 0.0, 0.0, 0.0])
+    close(merge("slerp", [a, b], t=1.0)["w"], [0.0, 2.0, 0.0, 0.0])
+    parallel = {"w": torch.tensor([3.0, 0.0, 0.0, 0.0])}
+    close(merge("slerp", [a, parallel], t=0.25)["w"], [1.5, 0.0, 0.0, 0.0])  # falls back to lerp
+    with pytest.raises(ConfigError, match="exactly 2 models"):
+        merge("slerp", [a, b, a])
+
+
+def test_model_stock_ratio_by_hand():
+    zero = {"w": torch.zeros(2)}
+    # cos 0.5 between two unit task vectors: t = 2 * 0.5 / (1 + 0.5) = 2/3 of the way to their mean
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.5, math.sqrt(3) / 2])
+    close(merge("model_stock", [{"w": a}, {"w": b}], zero)["w"], (2 / 3 * (a + b) / 2).tolist())
+    # orthogonal: t = 0, the base; identical: t = 1, the mean
+    close(merge("model_stock", [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 1.0])}], zero)["w"], [0.0, 0.0])
+    close(merge("model_stock", [{"w": a}, {"w": a}], zero)["w"], a.tolist())
+
+
+def test_linear_and_parameter_errors():
+    close(merge("linear", models(), weights=[1, 1, 2])["w"], ((TAU[0] + TAU[1] + 2 * TAU[2]) / 4).tolist())
+    with pytest.raises(ConfigError, match="needs the base model"):
+        merge("ties", models())
+    with pytest.raises(ConfigError, match="density must be in"):
+        merge("ties", models(), BASE, density=0)
+    with pytest.raises(ConfigError, match="combine must be one of"):
+        merge("ties", models(), BASE, combine="median")
+    with pytest.raises(ConfigError, match=r"ties takes .* not \['t'\]"):
+        merge("ties", models(), BASE, t=0.5)
