@@ -5,6 +5,7 @@ Each returns a new tensor (the kept entries, possibly rescaled) and leaves its i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -20,12 +21,22 @@ def keep_count(numel: int, fraction: float) -> int:
 
 def _largest(magnitude: torch.Tensor, count: int) -> torch.Tensor:
     """Boolean mask of the ``count`` largest entries; among equal magnitudes the earlier index wins,
-    so results do not depend on the sort kernel."""
-    mask = torch.zeros(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
-    if count > 0:
-        order = torch.argsort(magnitude.flatten(), descending=True, stable=True)
-        mask[order[:count]] = True
-    return mask.view_as(magnitude)
+    so results do not depend on the sort kernel.
+
+    One ``topk`` for the cut value, then the entries at the cut are admitted in index order (a
+    stable sort of the whole tensor was 10x slower on million-entry tensors).
+    """
+    flat = magnitude.flatten()
+    if count <= 0:
+        return torch.zeros_like(magnitude, dtype=torch.bool)
+    if count >= flat.numel():
+        return torch.ones_like(magnitude, dtype=torch.bool)
+    cut = torch.topk(flat, count, sorted=False).values.min()
+    above = flat > cut
+    at_cut = flat == cut
+    room = count - int(above.sum())
+    keep = above | (at_cut & (torch.cumsum(at_cut, 0) <= room))
+    return keep.view_as(magnitude)
 
 
 def magnitude(task_vector: torch.Tensor, density: float, threshold: float | None = None) -> torch.Tensor:
@@ -37,16 +48,17 @@ def magnitude(task_vector: torch.Tensor, density: float, threshold: float | None
             :func:`model_threshold` computes (``topk_scope="model"``, as in the TIES paper and
             FusionBench); without it the cut is per tensor (mergekit's default).
     """
-    if threshold is not None:
-        return torch.where(task_vector.abs() >= threshold, task_vector, torch.zeros_like(task_vector))
+    if threshold is not None:  # compared in float32, the precision model_threshold ranks in
+        return torch.where(task_vector.abs().float() >= threshold, task_vector, torch.zeros_like(task_vector))
     keep = _largest(task_vector.abs(), keep_count(task_vector.numel(), density))
     return torch.where(keep, task_vector, torch.zeros_like(task_vector))
 
 
-def model_threshold(task_vectors: list[torch.Tensor], density: float) -> float:
+def model_threshold(task_vectors: Iterable[torch.Tensor], density: float) -> float:
     """The magnitude that the top ``density`` fraction of one model's entries (all its tensors
     together) reaches: the cut for ``topk_scope="model"``. Entries tied at the cut are all kept."""
-    values = torch.cat([t.detach().abs().flatten().double() for t in task_vectors])
+    # float32: one model's magnitudes at a time, at half the memory of float64
+    values = torch.cat([t.detach().abs().flatten().float() for t in task_vectors])
     count = keep_count(values.numel(), density)
     if count == 0:
         return float("inf")

@@ -6,16 +6,22 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from pipelines import storage
 from pipelines.errors import DataError
-from pipelines.models import load_state_dict
+from pipelines.merging.lazy import SafetensorsFile, tensor_spec
+from pipelines.models.checkpoints import WEIGHTS
 
 StateDict = dict[str, torch.Tensor]
 ModelSource = Mapping[str, torch.Tensor] | str
 
 
-def resolve(model: ModelSource) -> StateDict:
-    """A state dict from a mapping, a safetensors file, or a checkpoint directory."""
-    return dict(model) if isinstance(model, Mapping) else load_state_dict(str(model))
+def resolve(model: ModelSource) -> Mapping[str, torch.Tensor]:
+    """A state dict from a mapping; a safetensors file or checkpoint directory is opened lazily
+    (:class:`SafetensorsFile`): tensors are read when a merge asks for them, one at a time."""
+    if isinstance(model, Mapping):
+        return model
+    path = str(model)
+    return SafetensorsFile(path if path.endswith(".safetensors") else storage.join(path, WEIGHTS))
 
 
 def check_compatible(states: Sequence[StateDict]) -> None:
@@ -27,12 +33,11 @@ def check_compatible(states: Sequence[StateDict]) -> None:
         if state.keys() != reference.keys():
             diff = sorted(set(state) ^ set(reference))[:5]
             raise DataError(f"merge: model {i} has different tensors than model 0 (e.g. {diff})")
-        for name, tensor in state.items():
-            ref = reference[name]
-            if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
+        for name in state:
+            (shape, dtype), (ref_shape, ref_dtype) = tensor_spec(state, name), tensor_spec(reference, name)
+            if shape != ref_shape or dtype != ref_dtype:
                 raise DataError(
-                    f"merge: tensor {name!r} is {tuple(tensor.shape)}/{tensor.dtype} in model {i} "
-                    f"but {tuple(ref.shape)}/{ref.dtype} in model 0"
+                    f"merge: tensor {name!r} is {shape}/{dtype} in model {i} but {ref_shape}/{ref_dtype} in model 0"
                 )
 
 

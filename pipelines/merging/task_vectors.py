@@ -17,6 +17,7 @@ import torch
 
 from pipelines.errors import ConfigError
 from pipelines.merging import consensus, sparsify
+from pipelines.merging.lazy import tensor_spec
 from pipelines.merging.state import StateDict, check_compatible
 from pipelines.seeding import derive_seed, torch_generator
 
@@ -91,11 +92,11 @@ def merge_task_vectors(
     weights = torch.tensor(options.weights if options.weights is not None else [1.0] * len(states), dtype=torch.float64)
     if len(weights) != len(states):
         raise ConfigError(f"merge: {len(weights)} weights for {len(states)} models")
-    names = [n for n in base if base[n].is_floating_point()]
+    names = [n for n in base if tensor_spec(base, n)[1].is_floating_point]
     thresholds: list[float | None] = [None] * len(states)
     if sparsifier == "magnitude" and options.topk_scope == "model":
         thresholds = [
-            sparsify.model_threshold([s[n].double() - base[n].double() for n in names], options.density) for s in states
+            sparsify.model_threshold((s[n].double() - base[n].double() for n in names), options.density) for s in states
         ]
     merged: StateDict = {}
     for name, reference in base.items():

@@ -140,3 +140,48 @@ def test_linear_and_parameter_errors():
         merge("ties", models(), BASE, combine="median")
     with pytest.raises(ConfigError, match=r"ties takes .* not \['t'\]"):
         merge("ties", models(), BASE, t=0.5)
+
+
+def test_merging_from_files_streams_the_same_result(tmp_path):
+    from safetensors.torch import save_file
+
+    from pipelines.merging.lazy import SafetensorsFile
+
+    taus = [torch.randn(6, 5, generator=torch_generator(i)) for i in range(3)]
+    base = {"w": torch.randn(6, 5, generator=torch_generator(9)), "b": torch.zeros(5, dtype=torch.bfloat16),
+            "steps": torch.tensor(3)}
+    paths = []
+    for i, tau in enumerate(taus):
+        paths.append(str(tmp_path / f"m{i}.safetensors"))
+        save_file({"w": base["w"] + tau, "b": base["b"] + i, "steps": base["steps"]}, paths[-1])
+    save_file(base, str(tmp_path / "base.safetensors"))
+    lazy = SafetensorsFile(paths[0])
+    assert sorted(lazy) == ["b", "steps", "w"] and lazy.spec("b") == ((5,), torch.bfloat16)
+    assert torch.equal(lazy["w"], base["w"] + taus[0]) and lazy["steps"].item() == 3
+    in_memory = [{"w": base["w"] + t, "b": base["b"] + i, "steps": base["steps"]} for i, t in enumerate(taus)]
+    for method, params in (("ties", {"density": 0.4, "topk_scope": "model"}), ("dare_ties", {"seed": 1}),
+                           ("task_arithmetic", {}), ("model_stock", {})):
+        streamed = merge(method, paths, str(tmp_path / "base.safetensors"), **params)
+        loaded = merge(method, in_memory, base, **params)
+        assert streamed.keys() == loaded.keys()
+        assert all(torch.equal(streamed[k], loaded[k]) for k in loaded), method
+    from pipelines.errors import DataError
+
+    with pytest.raises(DataError, match="no model weights at"):
+        SafetensorsFile(str(tmp_path / "missing.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00nope!")
+    with pytest.raises(DataError, match="not a safetensors file"):
+        SafetensorsFile(str(tmp_path / "junk.safetensors"))
+
+
+def test_top_k_keeps_earlier_indices_at_the_cut_like_a_stable_sort():
+    from pipelines.merging.sparsify import _largest
+
+    generator = torch_generator(0)
+    for _ in range(200):  # small integer magnitudes: many ties at the cut
+        n = int(torch.randint(1, 60, (1,), generator=generator))
+        values = torch.randint(0, 6, (n,), generator=generator).double()
+        count = int(torch.randint(0, n + 1, (1,), generator=generator))
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[torch.argsort(values, descending=True, stable=True)[:count]] = True
+        assert torch.equal(_largest(values, count), expected)
