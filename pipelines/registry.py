@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from pipelines.errors import UnknownNameError
+from pipelines.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -31,6 +31,32 @@ class Registry(Generic[T]):
             return obj
 
         return add
+
+    def register_named(self, name: str) -> Callable[[T], T]:
+        """Like :meth:`register`, for classes that also record their own name as ``cls.name``."""
+
+        def add(cls: T) -> T:
+            cls.name = name  # type: ignore[attr-defined]
+            return self.register(name)(cls)
+
+        return add
+
+    def build(self, name: str, key: str, options_key: str, **params: object) -> object:
+        """Instantiate the class registered as ``name`` with ``params``.
+
+        Args:
+            key: the params.yaml key the name came from (named if it is unknown).
+            options_key: the key the parameters came from (named if one is not accepted).
+
+        Raises:
+            UnknownNameError: ``name`` is not registered.
+            ConfigError: a parameter is unknown to the class or out of range.
+        """
+        cls = self.get(name, key=key)
+        try:
+            return cls(**params)  # type: ignore[operator]
+        except TypeError as error:
+            raise ConfigError(f"{options_key}: {self.kind} {name!r} does not take these parameters ({error})") from None
 
     def get(self, name: str, key: str | None = None) -> T:
         """The entry called ``name``.

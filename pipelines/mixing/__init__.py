@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.errors import ConfigError
 from pipelines.mixing import boxes as _boxes  # noqa: F401  (registers cutmix, resizemix)
 from pipelines.mixing import fourier as _fourier  # noqa: F401  (registers fmix)
 from pipelines.mixing import interpolation as _interpolation  # noqa: F401  (registers mixup, none)
@@ -32,11 +31,7 @@ def get_mixer(name: str, **params: object) -> Mixer:
         UnknownNameError: no method is registered under ``name``.
         ConfigError: a parameter is unknown to the method or out of range.
     """
-    cls = MIXERS.get(name, key="mixing.method")
-    try:
-        return cls(**params)
-    except TypeError as error:
-        raise ConfigError(f"mixing.options.{name}: method {name!r} does not take these parameters ({error})") from None
+    return MIXERS.build(name, "mixing.method", f"mixing.options.{name}", **params)
 
 
 def mix(

@@ -99,12 +99,7 @@ MIXERS: Registry[type[Mixer]] = Registry("mixing method")
 
 def register(name: str):
     """Register a :class:`Mixer` subclass under ``name``."""
-
-    def add(cls: type[Mixer]) -> type[Mixer]:
-        cls.name = name
-        return MIXERS.register(name)(cls)
-
-    return add
+    return MIXERS.register_named(name)
 
 
 def partners_of(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -92,15 +92,7 @@ class MixedLoss:
 LOSSES: Registry[type[MixedLoss]] = Registry("mixing loss")
 
 
-def _register(name: str):
-    def add(cls: type[MixedLoss]) -> type[MixedLoss]:
-        cls.name = name
-        return LOSSES.register(name)(cls)
-
-    return add
-
-
-@_register("soft_ce")
+@LOSSES.register_named("soft_ce")
 @dataclass(frozen=True)
 class SoftTargetLoss(MixedLoss):
     """Cross-entropy against the λ-weighted (optionally smoothed) label pair: the mixup loss."""
@@ -109,7 +101,7 @@ class SoftTargetLoss(MixedLoss):
         return soft_target_cross_entropy(logits, pair_targets(y, y_partner, lam, num_classes, smoothing))
 
 
-@_register("decoupled")
+@LOSSES.register_named("decoupled")
 @dataclass(frozen=True)
 class DecoupledLoss(MixedLoss):
     """DecoupleMix: soft-target cross-entropy + ``eta`` x the decoupled regulariser
@@ -125,7 +117,7 @@ class DecoupledLoss(MixedLoss):
         return decoupled_pair_loss(logits, y, y_partner, lam, num_classes, self.eta, smoothing)
 
 
-@_register("rankmixup")
+@LOSSES.register_named("rankmixup")
 @dataclass(frozen=True)
 class RankMixupLoss(MixedLoss):
     """RankMixup with the MRL: cross-entropy on the clean samples + ``weight`` x
@@ -155,8 +147,4 @@ def get_loss(name: str, **options: object) -> MixedLoss:
         UnknownNameError: no loss is registered under ``name``.
         ConfigError: an option is unknown to the loss or out of range.
     """
-    cls = LOSSES.get(name, key="mixing.loss")
-    try:
-        return cls(**options)
-    except TypeError as error:
-        raise ConfigError(f"mixing.loss_options: loss {name!r} does not take these options ({error})") from None
+    return LOSSES.build(name, "mixing.loss", "mixing.loss_options", **options)

@@ -479,5 +479,5 @@ def test_loss_registry_values():
     assert torch.allclose(rank(*pair, num_classes=10, clean_logits=clean), expected, atol=1e-6)
     with pytest.raises(ValueError, match="clean inputs"):
         rank(*pair, num_classes=10)
-    with pytest.raises(ConfigError, match="mixing.loss_options: loss 'rankmixup' does not take"):
+    with pytest.raises(ConfigError, match="mixing.loss_options: mixing loss 'rankmixup' does not take"):
         get_loss("rankmixup", eta=1.0)
