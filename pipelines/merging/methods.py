@@ -122,3 +122,60 @@ def model_stock(states: Sequence[StateDict], base: StateDict) -> Merged:
         ratio = model_stock_ratio(stacked - reference.double())
         merged[name] = (ratio * stacked.mean(0) + (1 - ratio) * reference.double()).to(reference.dtype)
     return merged, _all(states)
+
+
+def fisher(
+    states: Sequence[StateDict], fishers: Sequence[StateDict], weights: Sequence[float] | None = None,
+    epsilon: float = 1e-8,
+) -> Merged:
+    """Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS
+    2022): per entry, ``sum_i w_i F_i theta_i / sum_i w_i F_i`` with ``F_i`` model i's diagonal
+    Fisher; ``epsilon`` is added to every ``F_i`` (the reference's ``fisher_floor``), so entries no
+    model is sensitive to fall back to the weighted mean. Tensors without a Fisher (buffers) are
+    averaged."""
+    if len(fishers) != len(states):
+        raise ConfigError(f"merge: fisher needs one Fisher per model, got {len(fishers)} for {len(states)}")
+    check_compatible(states)
+    w = [1.0] * len(states) if weights is None else [float(v) for v in weights]
+    plain = weighted_average(states, w)
+    merged: StateDict = {}
+    for name, reference in plain.items():
+        if not reference.is_floating_point() or any(name not in f for f in fishers):
+            merged[name] = reference
+            continue
+        mass = [wi * (f[name].double() + epsilon) for wi, f in zip(w, fishers, strict=True)]
+        total = sum(mass)
+        value = sum(m * s[name].double() for m, s in zip(mass, states, strict=True)) / total
+        merged[name] = value.to(reference.dtype)
+    return merged, _all(states)
+
+
+def regmean(
+    states: Sequence[StateDict], grams: Sequence[StateDict], alpha: float = 0.9
+) -> Merged:
+    """RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models",
+    ICLR 2023): for a linear layer ``y = x W^T``, the ``W`` minimising ``sum_i ||X_i W^T - X_i W_i^T||^2``
+    is ``(sum_i W_i G_i)(sum_i G_i)^-1`` with ``G_i = X_i^T X_i``. Off-diagonal Gram entries are
+    scaled by ``alpha`` (the paper's regularisation; 1 = exact). Other tensors are averaged.
+
+    Input directions no model's data reaches (a dead ReLU, a constant-zero pixel) leave the Gram
+    sum singular; there the problem says nothing, and the merge keeps the plain average: it solves
+    for the correction to the mean with a pseudo-inverse, whose null-space component is zero.
+    """
+    if len(grams) != len(states):
+        raise ConfigError(f"merge: regmean needs one set of Gram matrices per model, got {len(grams)} for {len(states)}")
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"merge: alpha must be in [0, 1], got {alpha!r}")
+    check_compatible(states)
+    merged = dict(weighted_average(states))
+    for name in grams[0]:
+        regularised = []
+        for gram in (g[name].double() for g in grams):
+            diagonal = torch.diag(torch.diagonal(gram))
+            regularised.append(alpha * gram + (1 - alpha) * diagonal)
+        weights = [s[name].double() for s in states]
+        mean = sum(weights) / len(weights)
+        residual = sum((w - mean) @ g for w, g in zip(weights, regularised, strict=True))
+        correction = residual @ torch.linalg.pinv(sum(regularised), hermitian=True)
+        merged[name] = (mean + correction).to(states[0][name].dtype)
+    return merged, _all(states)

@@ -54,6 +54,8 @@ for _method in (
     MergeMethod("breadcrumbs_ties", "Model Breadcrumbs + TIES", _BREADCRUMBS, methods.breadcrumbs_ties, needs_base=True),
     MergeMethod("slerp", "SLERP", "https://dl.acm.org/doi/10.1145/325165.325242", methods.slerp_merge),
     MergeMethod("model_stock", "Model Stock", "https://arxiv.org/abs/2403.19522", methods.model_stock, needs_base=True),
+    MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher),
+    MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

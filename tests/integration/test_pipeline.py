@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["prepare", "augment@mixup", "augment@cutmix", "train", "tune", "merge", "evaluate", "report"]
 TRIALS = ["t00-mixup-a0.2", "t01-mixup-a1", "t02-cutmix-a0.2", "t03-cutmix-a1"]
-MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp"]
+MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp", "fisher", "regmean"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_merge_and_evaluate_cover_every_model(workspace):
     merges = tables.read_table(str(workspace / "results/merges.parquet"), "merges")
     assert merges["method"].tolist() == MERGES
     counts = merges.set_index("method")["num_models"]
-    assert counts["uniform_soup"] == counts["ties"] == counts["model_stock"] == 4 and counts["slerp"] == 2
+    assert counts["uniform_soup"] == counts["ties"] == counts["model_stock"] == counts["fisher"] == 4
+    assert counts["slerp"] == 2
     assert 1 <= counts["greedy_soup"] <= 4
     evaluation = tables.read_table(str(workspace / "results/evaluation.parquet"), "evaluation")
     assert evaluation["model"].tolist() == ["base", *TRIALS, *MERGES]

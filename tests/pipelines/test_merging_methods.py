@@ -185,3 +185,57 @@ def test_top_k_keeps_earlier_indices_at_the_cut_like_a_stable_sort():
         expected = torch.zeros(n, dtype=torch.bool)
         expected[torch.argsort(values, descending=True, stable=True)[:count]] = True
         assert torch.equal(_largest(values, count), expected)
+
+
+def test_fisher_merging_by_hand():
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(4)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}]
+    fishers = [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([3.0, 0.0])}]
+    merged = merge("fisher", states, fishers=fishers)
+    close(merged["w"], [(1 * 1 + 3 * 3) / 4, 4.0])  # no Fisher mass: the plain mean
+    assert merged["n"].item() == 4
+    close(merge("fisher", states, fishers=fishers, weights=[3, 1])["w"], [(3 * 1 + 3 * 3) / 6, (3 * 2 + 6) / 4])
+    with pytest.raises(ConfigError, match="one Fisher per model"):
+        merge("fisher", states, fishers=fishers[:1])
+
+
+def test_regmean_by_hand_and_as_the_least_squares_solution():
+    # each model saw data along its own input axis only: the merge keeps both
+    states = [{"w": torch.tensor([[1.0, 0.0]])}, {"w": torch.tensor([[0.0, 1.0]])}]
+    grams = [{"w": torch.tensor([[2.0, 0.0], [0.0, 0.0]])}, {"w": torch.tensor([[0.0, 0.0], [0.0, 2.0]])}]
+    close(merge("regmean", states, grams=grams)["w"], [[1.0, 1.0]])
+    # with alpha = 1 the result zeroes the gradient of sum_i ||X_i W^T - X_i W_i^T||^2
+    generator = torch_generator(3)
+    xs = [torch.randn(20, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
+    ws = [torch.randn(2, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
+    merged = merge("regmean", [{"w": w} for w in ws], grams=[{"w": x.T @ x} for x in xs], alpha=1.0)["w"]
+    gradient = sum((merged - w) @ (x.T @ x) for w, x in zip(ws, xs, strict=True))
+    assert float(gradient.abs().max()) < 1e-9
+    # an input no model's data reaches (singular Gram sum) keeps the plain average there
+    seen_first_only = [{"w": torch.tensor([[2.0, 0.0], [0.0, 0.0]])}] * 2
+    merged = merge("regmean", [{"w": torch.tensor([[1.0, 4.0]])}, {"w": torch.tensor([[3.0, 0.0]])}], grams=seen_first_only)["w"]
+    close(merged, [[2.0, 2.0]])
+
+
+def test_merge_statistics_from_data():
+    from pipelines.merging.statistics import diagonal_fisher, linear_input_grams
+    from pipelines.models import build_model
+
+    model = build_model("mlp", (1, 2, 2), 3, seed=0)
+    x = torch.randn(50, 1, 2, 2, generator=torch_generator(1))
+    grams = linear_input_grams(model, x)
+    assert sorted(grams) == ["1.weight", "3.weight", "5.weight"]
+    flat = x.reshape(50, 4).double()
+    torch.testing.assert_close(grams["1.weight"], flat.T @ flat)
+    with torch.no_grad():
+        hidden = model[:3](x).double()
+    torch.testing.assert_close(grams["3.weight"], hidden.T @ hidden)
+    # the sampled Fisher of the last bias approaches its expectation sum_y p_y (e_y - p)^2
+    row = x[:1].repeat(3000, 1, 1, 1)
+    fisher = diagonal_fisher(model, row, torch_generator(2))
+    with torch.no_grad():
+        p = torch.softmax(model(x[:1]).double(), -1)[0]
+    expected = sum(p[y] * (torch.eye(3, dtype=torch.float64)[y] - p) ** 2 for y in range(3))
+    torch.testing.assert_close(fisher["5.bias"].double(), expected, rtol=0.1, atol=1e-3)
+    assert all(bool((f >= 0).all()) for f in fisher.values())
+    again = diagonal_fisher(model, row[:50], torch_generator(2))
+    assert all(torch.equal(again[k], diagonal_fisher(model, row[:50], torch_generator(2))[k]) for k in again)
