@@ -260,17 +260,15 @@ def check_registered_names(params: Params) -> None:
     """
     from pipelines.data import DATASETS
     from pipelines.merging import MERGE_METHODS
-    from pipelines.mixing import MIXERS
+    from pipelines.mixing import MIXERS, MixingSpec, get_loss
     from pipelines.models import MODELS
-
-    from pipelines.mixing import MixingSpec, get_loss
 
     mixing = params.mixing
     DATASETS.get(params.data.name, key="data.name")
     MIXERS.get(mixing.method, key="mixing.method")
     for name in mixing.options:
         MIXERS.get(name, key=f"mixing.options.{name}")
-    for name in {mixing.method, *mixing.options, *params.augment.methods, *params.tune.methods} & set(MIXERS.names()):
+    for name in sorted({mixing.method, *mixing.options, *params.augment.methods, *params.tune.methods} & set(MIXERS.names())):
         MixingSpec.from_params(mixing, method=name).build()  # options and ranges, before any work
     loss = get_loss(mixing.loss, **mixing.loss_options)
     for i, name in enumerate(params.augment.methods):
@@ -291,7 +289,8 @@ def check_registered_names(params: Params) -> None:
         MERGE_METHODS.get(name, key=f"merge.methods.{i}")
     for name, given in params.merge.params.items():
         entry = MERGE_METHODS.get(name, key=f"merge.params.{name}")
-        unknown = sorted(k for k in given if not entry.accepts(k) or k in ("states", "base", "score", "scores"))
+        supplied = ("states", "base", "score", "scores", "fishers", "grams")  # the merge stage passes these
+        unknown = sorted(k for k in given if not entry.accepts(k) or k in supplied)
         if unknown:
             raise ConfigError(f"merge.params.{name}: {name} does not take {unknown}")
 
