@@ -43,7 +43,7 @@ def plain_run(job: TrainJob, train, val) -> tuple[float, float]:
     card = job.card
     model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
     optimizer = build_optimizer(model.parameters(), job.optim)
-    mixing = StepMixing(job.mixing.build(), job.mixing.build_loss(), card.num_classes, job.mixing.label_smoothing)
+    mixing = StepMixing.for_job(job)
     x, y = torch.tensor(train.x), torch.tensor(train.y)
     xv, yv = torch.tensor(val.x), torch.tensor(val.y)
     seconds = []

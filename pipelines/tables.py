@@ -261,10 +261,16 @@ def read_arrow(url: str, table: str | TableSpec) -> tuple[pa.Table, dict[str, An
         data = storage.read_bytes(url)
     except FileNotFoundError:
         raise DataError(f"table {spec.name}: no file at {url}") from None
+    return parse_arrow(data, spec, url)
+
+
+def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") -> tuple[pa.Table, dict[str, Any]]:
+    """As :func:`read_arrow`, from Parquet bytes already in hand (``source`` names them in errors)."""
+    spec = _spec(table)
     try:
         arrow = pq.read_table(io.BytesIO(data))
     except pa.ArrowException as error:
-        raise DataError(f"table {spec.name}: {url} is not readable Parquet ({error})") from None
+        raise DataError(f"table {spec.name}: {source} is not readable Parquet ({error})") from None
     raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
     metadata = json.loads(raw) if raw else {}
     validate(arrow, spec)

@@ -106,7 +106,7 @@ def read_shards(directory: str) -> MixedDataset:
         data = storage.read_bytes(url)
         if storage.sha256_bytes(data) != entry["sha256"]:
             raise DataError(f"{url}: sha256 differs from the manifest's; the shard was changed or truncated")
-        arrow, metadata = tables.read_arrow(url, tables.MIXED_SAMPLES)
+        arrow, metadata = tables.parse_arrow(data, tables.MIXED_SAMPLES, url)
         if arrow.num_rows != entry["rows"]:
             raise DataError(f"{url}: {arrow.num_rows} rows, the manifest records {entry['rows']}")
         shape = tuple(int(d) for d in metadata["input_shape"])

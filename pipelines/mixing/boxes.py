@@ -66,12 +66,6 @@ def box_volumes(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, 
     return (high - low).prod(1)
 
 
-def random_boxes(lam: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Boxes of area ``1 - lam`` (before clipping) centred uniformly at random, as in CutMix."""
-    lam = lam.to(generator.device)
-    return box_masks(box_sides(lam, spatial), uniform_centres(lam.shape[0], spatial, generator), spatial)
-
-
 def paste_boxes(
     x: torch.Tensor, draws: Draws, sides: torch.Tensor, centres: torch.Tensor, source: torch.Tensor
 ) -> MixOutput:

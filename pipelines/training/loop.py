@@ -73,6 +73,21 @@ class StepMixing:
     y_partner: torch.Tensor | None = None
     lam: torch.Tensor | None = None
 
+    @classmethod
+    def for_job(cls, job: TrainJob, arrays: dict[str, np.ndarray] | None = None, device: torch.device | None = None) -> StepMixing:
+        """The job's mixer and loss; with ``y_partner_train``/``lam_train`` in ``arrays`` (shards),
+        the recorded pairs instead of online mixing."""
+        arrays = arrays or {}
+        offline = "lam_train" in arrays
+        return cls(
+            mixer=job.mixing.build(),
+            loss=job.mixing.build_loss(),
+            num_classes=job.card.num_classes,
+            smoothing=job.mixing.label_smoothing,
+            y_partner=torch.tensor(arrays["y_partner_train"], device=device) if offline else None,
+            lam=torch.tensor(arrays["lam_train"], device=device) if offline else None,
+        )
+
     def batch_loss(
         self, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
         generator: torch.Generator, use_amp: bool,
@@ -175,15 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # after prepare_model, so the state is cast to the parameters' device
         optimizer.load_state_dict(saved.optimizer_state)
 
-    offline = "lam_train" in arrays
-    mixing = StepMixing(
-        mixer=job.mixing.build(),
-        loss=job.mixing.build_loss(),
-        num_classes=card.num_classes,
-        smoothing=job.mixing.label_smoothing,
-        y_partner=torch.tensor(arrays["y_partner_train"], device=device) if offline else None,
-        lam=torch.tensor(arrays["lam_train"], device=device) if offline else None,
-    )
+    mixing = StepMixing.for_job(job, arrays, device)
     use_amp = device.type == "cuda"
     history = list(progress.history)
     for epoch in range(progress.epoch, job.epochs):

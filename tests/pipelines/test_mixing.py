@@ -17,7 +17,7 @@ from pipelines.mixing import (
     smoothed_one_hot,
     soft_target_cross_entropy,
 )
-from pipelines.mixing.boxes import random_boxes
+from pipelines.mixing.boxes import box_masks, box_sides, box_volumes, uniform_centres
 from pipelines.mixing.sampling import beta_sample
 from pipelines.seeding import torch_generator
 
@@ -105,7 +105,9 @@ def test_mask_methods_take_each_element_from_self_or_partner_and_lam_is_exact(na
 
 def test_random_boxes_are_boxes():
     lam = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    boxes = random_boxes(lam, (16, 16), torch_generator(0))
+    sides, centres = box_sides(lam, (16, 16)), uniform_centres(4, (16, 16), torch_generator(0))
+    boxes = box_masks(sides, centres, (16, 16))
+    assert box_volumes(sides, centres, (16, 16)).tolist() == boxes.flatten(1).sum(1).tolist()
     for mask in boxes:
         rows = mask.any(1).nonzero().flatten()
         cols = mask.any(0).nonzero().flatten()
