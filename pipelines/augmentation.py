@@ -46,8 +46,9 @@ def mix_shard(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> bytes:
         y=dataset.y,
         y_partner=dataset.y[index],
         lam=out.lam.numpy(),
+        task=dataset.task,
     )
-    metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "seed": seed}
+    metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "task": dataset.task, "seed": seed}
     return tables.parquet_bytes(arrow, metadata)
 
 

@@ -142,13 +142,27 @@ class TuneParams(Section):
 
 class MergeParams(Section):
     """Merge methods over the tune stage's fine-tunes; ``params`` holds each method's own
-    parameters keyed by method (``{ties: {density: 0.2}}``)."""
+    parameters keyed by method (``{ties: {density: 0.2}}``); ``search`` lists candidate values of
+    some of them, searched with Ray Tune on the validation split (``{ties: {density: [0.1, 0.2]}}``)."""
 
     methods: list[str] = ["uniform_soup", "greedy_soup"]
     include_base: bool = False
     params: dict[str, dict[str, Any]] = {}
+    search: dict[str, dict[str, list[Any]]] = {}
+    interpolation_points: Annotated[int, Field(ge=2)] = 25
 
     _check_methods = field_validator("methods")(_unique_nonempty)
+
+    @field_validator("search")
+    @classmethod
+    def _check_search(cls, value: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        for method, space in value.items():
+            if not space:
+                raise ValueError(f"search.{method} lists no parameters")
+            for name, candidates in space.items():
+                if not candidates:
+                    raise ValueError(f"search.{method}.{name} lists no values")
+        return value
 
 
 class EvaluateParams(Section):
@@ -258,19 +272,20 @@ def check_registered_names(params: Params) -> None:
     The registries are imported here, at call time, so that importing this module stays cheap
     and the layering (config at the bottom) holds for imports.
     """
-    from pipelines.data import DATASETS
+    from pipelines.data import dataset_task
     from pipelines.merging import MERGE_METHODS
-    from pipelines.mixing import MIXERS, MixingSpec, get_loss
+    from pipelines.mixing import MIXERS, MixingSpec, check_loss_task, get_loss
     from pipelines.models import MODELS
 
     mixing = params.mixing
-    DATASETS.get(params.data.name, key="data.name")
+    task = dataset_task(params.data.name)
     MIXERS.get(mixing.method, key="mixing.method")
     for name in mixing.options:
         MIXERS.get(name, key=f"mixing.options.{name}")
     for name in sorted({mixing.method, *mixing.options, *params.augment.methods, *params.tune.methods} & set(MIXERS.names())):
         MixingSpec.from_params(mixing, method=name).build()  # options and ranges, before any work
     loss = get_loss(mixing.loss, **mixing.loss_options)
+    check_loss_task(loss, mixing.loss, task, mixing.label_smoothing)
     for i, name in enumerate(params.augment.methods):
         if MIXERS.get(name, key=f"augment.methods.{i}").mixes_hidden:
             raise ConfigError(f"augment.methods.{i}: {name} mixes hidden features inside the model, so it has no shards")
@@ -287,12 +302,15 @@ def check_registered_names(params: Params) -> None:
         MIXERS.get(name, key=f"tune.methods.{i}")
     for i, name in enumerate(params.merge.methods):
         MERGE_METHODS.get(name, key=f"merge.methods.{i}")
-    for name, given in params.merge.params.items():
-        entry = MERGE_METHODS.get(name, key=f"merge.params.{name}")
-        supplied = ("states", "base", "score", "scores", "fishers", "grams")  # the merge stage passes these
-        unknown = sorted(k for k in given if not entry.accepts(k) or k in supplied)
-        if unknown:
-            raise ConfigError(f"merge.params.{name}: {name} does not take {unknown}")
+    supplied = ("states", "base", "score", "scores", "fishers", "grams")  # the merge stage passes these
+    for section in ("params", "search"):
+        for name, given in getattr(params.merge, section).items():
+            entry = MERGE_METHODS.get(name, key=f"merge.{section}.{name}")
+            unknown = sorted(k for k in given if not entry.accepts(k) or k in supplied)
+            if unknown:
+                raise ConfigError(f"merge.{section}.{name}: {name} does not take {unknown}")
+            if section == "search" and name not in params.merge.methods:
+                raise ConfigError(f"merge.search.{name}: {name} is not in merge.methods {params.merge.methods}")
 
 
 def fingerprint(*objects: Any, length: int = 12) -> str:

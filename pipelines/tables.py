@@ -74,94 +74,188 @@ def _equal_lengths(column: str) -> pa_.Check:
     return pa_.Check(check, name=f"{column}_equal_lengths", error=f"rows of {column} differ in length")
 
 
-DATASET = TableSpec(
-    "dataset",
-    {
-        "sample_id": _col(pa.int64(), _nonneg, unique=True),
-        "x": _col(_F32_LIST),
-        "y": _col(pa.int64(), _nonneg),
+_F32 = pa.float32()
+_INT = pa.int64()
+
+
+def _target(task: str) -> pa.DataType:
+    """Classification labels are int64 class indices; regression targets float32 values."""
+    return _INT if task == "classification" else _F32
+
+
+def _target_checks(task: str) -> tuple[pa_.Check, ...]:
+    return (_nonneg,) if task == "classification" else ()
+
+
+# The per-model metrics of each task, with their ranges; ``evaluation`` has one column per metric and
+# ``merges`` one per metric and split. The first is the task's score (higher is better).
+METRICS: dict[str, dict[str, tuple[pa_.Check, ...]]] = {
+    "classification": {
+        "accuracy": _unit,
+        "nll": (_nonneg,),
+        "ece": _unit,
+        "brier": (pa_.Check.ge(0), pa_.Check.le(2)),
     },
-    checks=(_equal_lengths("x"),),
-)
+    "regression": {
+        "r2": (pa_.Check.le(1),),
+        "mse": (_nonneg,),
+        "rmse": (_nonneg,),
+        "mae": (_nonneg,),
+    },
+}
+_SCORE_CHECKS = {task: next(iter(metrics.values())) for task, metrics in METRICS.items()}
+_SCORE = {task: next(iter(metrics)) for task, metrics in METRICS.items()}
+
+
+def _named(name: str, task: str) -> str:
+    return name if task == "classification" else f"{name}_{task}"
+
+
+def _dataset(task: str) -> TableSpec:
+    return TableSpec(
+        _named("dataset", task),
+        {
+            "sample_id": _col(_INT, _nonneg, unique=True),
+            "x": _col(_F32_LIST),
+            "y": _col(_target(task), *_target_checks(task)),
+        },
+        checks=(_equal_lengths("x"),),
+    )
+
+
+def _mixed_samples(task: str) -> TableSpec:
+    return TableSpec(
+        _named("mixed_samples", task),
+        {
+            "sample_id": _col(_INT, _nonneg, unique=True),
+            "partner_id": _col(_INT, _nonneg),
+            "x": _col(_F32_LIST),
+            "y": _col(_target(task), *_target_checks(task)),
+            "y_partner": _col(_target(task), *_target_checks(task)),
+            "lam": _col(_F32, *_unit),
+        },
+        checks=(_equal_lengths("x"),),
+    )
+
+
+def _train_history(task: str) -> TableSpec:
+    return TableSpec(
+        _named("train_history", task),
+        {
+            "epoch": _col(_INT, pa_.Check.ge(1), unique=True),
+            "train_loss": _col(pa.float64(), _nonneg),
+            "val_loss": _col(pa.float64(), _nonneg),
+            f"val_{_SCORE[task]}": _col(pa.float64(), *_SCORE_CHECKS[task]),
+            "lr": _col(pa.float64(), _nonneg),
+            "samples_per_s": _col(pa.float64(), _nonneg),
+            "epoch_seconds": _col(pa.float64(), _nonneg),
+            "world_size": _col(_INT, pa_.Check.ge(1)),
+            "attempt": _col(_INT, pa_.Check.ge(0)),
+        },
+    )
+
+
+def _trials(task: str) -> TableSpec:
+    return TableSpec(
+        _named("trials", task),
+        {
+            "trial": _col(pa.string(), unique=True),
+            "method": _col(pa.string()),
+            "alpha": _col(pa.float64(), pa_.Check.gt(0)),
+            "epochs_run": _col(_INT, pa_.Check.ge(1)),
+            "stopped_early": _col(pa.bool_()),
+            "val_loss": _col(pa.float64(), _nonneg),
+            f"val_{_SCORE[task]}": _col(pa.float64(), *_SCORE_CHECKS[task]),
+            "checkpoint": _col(pa.string()),
+        },
+    )
+
+
+def _merges(task: str) -> TableSpec:
+    metrics = {
+        f"{split}_{name}": _col(pa.float64(), *checks)
+        for split in ("val", "test")
+        for name, checks in METRICS[task].items()
+    }
+    return TableSpec(
+        _named("merges", task),
+        {
+            "method": _col(pa.string(), unique=True),
+            "params": _col(pa.string()),  # JSON of the method's parameters, searched ones included
+            "num_models": _col(_INT, pa_.Check.ge(1)),
+            "members": _col(pa.string()),
+            **metrics,
+            "seconds": _col(pa.float64(), _nonneg),
+            "peak_memory_mib": _col(pa.float64(), _nonneg),
+            "checkpoint": _col(pa.string()),
+        },
+    )
+
+
+def _merge_search(task: str) -> TableSpec:
+    return TableSpec(
+        _named("merge_search", task),
+        {
+            "method": _col(pa.string()),
+            "params": _col(pa.string()),  # JSON of the searched parameters at this point
+            "val_loss": _col(pa.float64(), _nonneg),
+            f"val_{_SCORE[task]}": _col(pa.float64(), *_SCORE_CHECKS[task]),
+            "chosen": _col(pa.bool_()),
+        },
+    )
+
+
+def _evaluation(task: str) -> TableSpec:
+    return TableSpec(
+        _named("evaluation", task),
+        {
+            "model": _col(pa.string(), unique=True),
+            "kind": _col(pa.string(), pa_.Check.isin(["base", "trial", "merged"])),
+            "num_samples": _col(_INT, pa_.Check.ge(1)),
+            **{name: _col(pa.float64(), *checks) for name, checks in METRICS[task].items()},
+        },
+    )
+
 
 # A user's labelled table (data.name: parquet) after its columns are renamed to x / y.
 USER_DATASET = TableSpec(
     "user_dataset",
-    {"x": _col(_F32_LIST), "y": _col(pa.int64(), _nonneg)},
+    {"x": _col(_F32_LIST), "y": _col(_INT, _nonneg)},
     checks=(_equal_lengths("x"),),
 )
 
-MIXED_SAMPLES = TableSpec(
-    "mixed_samples",
-    {
-        "sample_id": _col(pa.int64(), _nonneg, unique=True),
-        "partner_id": _col(pa.int64(), _nonneg),
-        "x": _col(_F32_LIST),
-        "y": _col(pa.int64(), _nonneg),
-        "y_partner": _col(pa.int64(), _nonneg),
-        "lam": _col(pa.float32(), *_unit),
-    },
-    checks=(_equal_lengths("x"),),
-)
-
-TRAIN_HISTORY = TableSpec(
-    "train_history",
-    {
-        "epoch": _col(pa.int64(), pa_.Check.ge(1), unique=True),
-        "train_loss": _col(pa.float64(), _nonneg),
-        "val_loss": _col(pa.float64(), _nonneg),
-        "val_accuracy": _col(pa.float64(), *_unit),
-        "lr": _col(pa.float64(), _nonneg),
-        "samples_per_s": _col(pa.float64(), _nonneg),
-        "epoch_seconds": _col(pa.float64(), _nonneg),
-        "world_size": _col(pa.int64(), pa_.Check.ge(1)),
-        "attempt": _col(pa.int64(), pa_.Check.ge(0)),
-    },
-)
-
-TRIALS = TableSpec(
-    "trials",
-    {
-        "trial": _col(pa.string(), unique=True),
-        "method": _col(pa.string()),
-        "alpha": _col(pa.float64(), pa_.Check.gt(0)),
-        "epochs_run": _col(pa.int64(), pa_.Check.ge(1)),
-        "stopped_early": _col(pa.bool_()),
-        "val_loss": _col(pa.float64(), _nonneg),
-        "val_accuracy": _col(pa.float64(), *_unit),
-        "checkpoint": _col(pa.string()),
-    },
-)
-
-MERGES = TableSpec(
-    "merges",
-    {
-        "method": _col(pa.string(), unique=True),
-        "num_models": _col(pa.int64(), pa_.Check.ge(1)),
-        "members": _col(pa.string()),
-        "val_loss": _col(pa.float64(), _nonneg),
-        "val_accuracy": _col(pa.float64(), *_unit),
-        "seconds": _col(pa.float64(), _nonneg),
-        "checkpoint": _col(pa.string()),
-    },
-)
-
-EVALUATION = TableSpec(
-    "evaluation",
-    {
-        "model": _col(pa.string(), unique=True),
-        "kind": _col(pa.string(), pa_.Check.isin(["base", "trial", "merged"])),
-        "num_samples": _col(pa.int64(), pa_.Check.ge(1)),
-        "accuracy": _col(pa.float64(), *_unit),
-        "nll": _col(pa.float64(), _nonneg),
-        "ece": _col(pa.float64(), *_unit),
-        "brier": _col(pa.float64(), pa_.Check.ge(0), pa_.Check.le(2)),
-    },
-)
-
-TABLES: dict[str, TableSpec] = {
-    spec.name: spec for spec in (DATASET, MIXED_SAMPLES, TRAIN_HISTORY, TRIALS, MERGES, EVALUATION)
+_BUILDERS = {
+    "dataset": _dataset,
+    "mixed_samples": _mixed_samples,
+    "train_history": _train_history,
+    "trials": _trials,
+    "merges": _merges,
+    "merge_search": _merge_search,
+    "evaluation": _evaluation,
 }
+# name -> task -> spec
+_BY_TASK: dict[str, dict[str, TableSpec]] = {
+    name: {task: build(task) for task in METRICS} for name, build in _BUILDERS.items()
+}
+
+DATASET = _BY_TASK["dataset"]["classification"]
+MIXED_SAMPLES = _BY_TASK["mixed_samples"]["classification"]
+TRAIN_HISTORY = _BY_TASK["train_history"]["classification"]
+TRIALS = _BY_TASK["trials"]["classification"]
+MERGES = _BY_TASK["merges"]["classification"]
+EVALUATION = _BY_TASK["evaluation"]["classification"]
+
+TABLES: dict[str, TableSpec] = {spec.name: spec for variants in _BY_TASK.values() for spec in variants.values()}
+
+
+def table_for(name: str, task: str) -> TableSpec:
+    """The spec of table ``name`` (``trials``, ``merges``, ...) for ``task`` (classification's
+    specs keep the plain names; regression's are ``<name>_regression``, with ``val_r2`` for
+    ``val_accuracy``, float targets and regression metrics)."""
+    try:
+        return _BY_TASK[name][task]
+    except KeyError:
+        raise KeyError(f"no table {name!r} for task {task!r}; tables: {', '.join(_BY_TASK)}") from None
 
 
 def _spec(table: str | TableSpec) -> TableSpec:
@@ -171,6 +265,17 @@ def _spec(table: str | TableSpec) -> TableSpec:
         return TABLES[table]
     except KeyError:
         raise KeyError(f"unknown table {table!r}; known: {', '.join(sorted(TABLES))}") from None
+
+
+def _spec_of_schema(table: str | TableSpec, schema: pa.Schema) -> TableSpec:
+    """A spec given by its plain name resolves to the task variant with this schema's column
+    names and types, so ``read_table(url, "trials")`` reads a regression sweep's table too."""
+    if isinstance(table, str) and table in _BY_TASK:
+        columns = [(f.name, f.type) for f in schema]
+        for variant in _BY_TASK[table].values():
+            if columns == [(f.name, f.type) for f in variant.arrow_schema]:
+                return variant
+    return _spec(table)
 
 
 def to_arrow(frame: pd.DataFrame | pa.Table, table: str | TableSpec) -> pa.Table:
@@ -261,7 +366,7 @@ def read_arrow(url: str, table: str | TableSpec) -> tuple[pa.Table, dict[str, An
         data = storage.read_bytes(url)
     except FileNotFoundError:
         raise DataError(f"table {spec.name}: no file at {url}") from None
-    return parse_arrow(data, spec, url)
+    return parse_arrow(data, table, url)
 
 
 def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") -> tuple[pa.Table, dict[str, Any]]:
@@ -273,7 +378,7 @@ def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") ->
         raise DataError(f"table {spec.name}: {source} is not readable Parquet ({error})") from None
     raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
     metadata = json.loads(raw) if raw else {}
-    validate(arrow, spec)
+    validate(arrow, _spec_of_schema(table, arrow.schema))
     return arrow.replace_schema_metadata(None), metadata
 
 

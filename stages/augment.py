@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     for shard in shards:
         storage.write_bytes(storage.join(out, shard.file), shard.data)
     storage.write_json(storage.join(out, "manifest.json"), manifest(method, mixing, p.seed, shards))
-    first = tables.read_table(storage.join(out, shards[0].file), tables.MIXED_SAMPLES)
+    first = tables.read_table(storage.join(out, shards[0].file), "mixed_samples")
     title = f"{method} (alpha={mixing.alpha:g}, {mixing.mode}): own label / partner label, λ"
     storage.write_bytes(storage.join(p.paths.plots, "augment", f"{method}.png"), mixed_examples_png(first, train.input_shape, title))
     nodes = len({s.node_id for s in shards})

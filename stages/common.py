@@ -61,3 +61,11 @@ def code_version(roots: tuple[str, ...] = ("pipelines", "stages"), base: Path | 
 def code_dir() -> str:
     """The checkout whose code a cluster's workers import (stages run from the repo root)."""
     return str(Path.cwd())
+
+
+def target_scale(prepared_dir: str, task: str) -> float:
+    """The regression targets' train std from prepare's ``stats.json`` (1 for classification), so
+    errors are reported in the target's own units."""
+    if task != "regression":
+        return 1.0
+    return float(storage.read_json(storage.join(prepared_dir, "stats.json"))["target_std"])

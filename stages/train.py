@@ -24,6 +24,7 @@ from pipelines.data import read_prepared, read_shards
 from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard, save_checkpoint
 from pipelines.seeding import derive_seed
+from pipelines.tasks import get_task
 from pipelines.training import TrainJob, history_frame, run_training
 from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
 
@@ -40,7 +41,8 @@ def main(argv: list[str]) -> None:
         shards = storage.join(p.paths.shards, p.mixing.method)
         train = read_shards(shards)
         data_hash.append(storage.sha256_file(storage.join(shards, "manifest.json")))
-    card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"))
+    card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"), task=train.task)
+    score = get_task(train.task).score_column
     job = TrainJob(
         run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash, code_version())}",
         card=card,
@@ -59,17 +61,17 @@ def main(argv: list[str]) -> None:
         outcome = run_training(job, train, val)
 
     last = outcome.history[-1]
-    info = {"run": job.run_name, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"],
+    info = {"run": job.run_name, "epochs": last["epoch"], score: last[score],
             "mixing": p.mixing.method, "mixing_source": p.mixing.source, "loss": p.mixing.loss}
     save_checkpoint(p.paths.base_model, outcome.state_dict, replace(card, info=info))
-    history = history_frame(outcome.history)
-    tables.write_table(history, storage.join(p.paths.results, "train_history.parquet"), tables.TRAIN_HISTORY)
+    history = history_frame(outcome.history, train.task)
+    tables.write_table(history, storage.join(p.paths.results, "train_history.parquet"), tables.table_for("train_history", train.task))
     with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False) as live:
         for record in outcome.history:
             live.step = int(record["epoch"])
-            for name in ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s"):
+            for name in ("train_loss", "val_loss", score, "lr", "samples_per_s"):
                 live.log_metric(name, float(record[name]))
-    print(f"train: {job.run_name}: {last['epoch']} epochs, val accuracy {last['val_accuracy']:.4f}")
+    print(f"train: {job.run_name}: {last['epoch']} epochs, {score} {last[score]:.4f}")
 
 
 if __name__ == "__main__":

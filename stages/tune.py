@@ -22,6 +22,7 @@ from pipelines.data import read_prepared
 from pipelines.mixing import MixingSpec
 from pipelines.models import load_card, save_checkpoint
 from pipelines.seeding import derive_seed
+from pipelines.tasks import get_task
 from pipelines.training import TrainJob
 from pipelines.tuning import grid, run_sweep
 from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
@@ -49,21 +50,22 @@ def main(argv: list[str]) -> None:
             reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,
         )
 
+    score = get_task(card.task).score_column
     rows = []
     for o in outcomes:
         directory = storage.join(p.paths.trials, o.point.name)
-        info = {"method": o.point.method, "alpha": o.point.alpha, "epochs": o.epochs_run, "val_accuracy": o.val_accuracy}
+        info = {"method": o.point.method, "alpha": o.point.alpha, "epochs": o.epochs_run, score: o.val_score}
         save_checkpoint(directory, o.weights, replace(card, info=info))
         rows.append({"trial": o.point.name, "method": o.point.method, "alpha": o.point.alpha,
                      "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
-                     "val_loss": o.val_loss, "val_accuracy": o.val_accuracy, "checkpoint": directory})
+                     "val_loss": o.val_loss, score: o.val_score, "checkpoint": directory})
     trials = pd.DataFrame(rows)
-    tables.write_table(trials, storage.join(p.paths.results, "trials.parquet"), tables.TRIALS)
-    best = max(outcomes, key=lambda o: (o.val_accuracy, -o.val_loss))
+    tables.write_table(trials, storage.join(p.paths.results, "trials.parquet"), tables.table_for("trials", card.task))
+    best = max(outcomes, key=lambda o: (o.val_score, -o.val_loss))
     best_params = {"trial": best.point.name, "mixing": {"method": best.point.method, "alpha": best.point.alpha},
-                   "val_accuracy": best.val_accuracy}
+                   score: best.val_score}
     storage.write_text(storage.join(p.paths.results, "best_params.yaml"), yaml.safe_dump(best_params, sort_keys=True))
-    print(trials[["trial", "epochs_run", "val_accuracy"]].to_string(index=False))
+    print(trials[["trial", "epochs_run", score]].to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,16 @@ from pipelines.data.io import (
     read_split,
     write_split,
 )
-from pipelines.data.sources import DATASETS, load_dataset
-from pipelines.data.splits import Splits, channel_stats, contiguous_share, normalise, stratified_split
+from pipelines.data.sources import DATASETS, dataset_task, load_dataset
+from pipelines.data.splits import (
+    Splits,
+    channel_stats,
+    contiguous_share,
+    normalise,
+    standardise_targets,
+    stratified_split,
+    target_stats,
+)
 
 __all__ = [
     "DATASETS",
@@ -20,12 +28,15 @@ __all__ = [
     "channel_stats",
     "contiguous_share",
     "dataset_table",
+    "dataset_task",
     "load_dataset",
     "mixed_samples_table",
     "normalise",
     "read_prepared",
     "read_shards",
     "read_split",
+    "standardise_targets",
     "stratified_split",
+    "target_stats",
     "write_split",
 ]

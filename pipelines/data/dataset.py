@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Inputs, integer labels and stable sample ids.
+    """Inputs, targets and stable sample ids.
 
     Attributes:
         x: float32 inputs, shape ``(N, *input_shape)`` (e.g. ``(N, 1, 8, 8)``).
-        y: int64 labels in ``[0, num_classes)``.
+        y: classification: int64 labels in ``[0, num_classes)``; regression: float32 targets.
         ids: int64 ids of the samples in the source dataset (survive splits and shuffles).
-        num_classes: number of classes.
+        num_classes: the model's outputs: classes, or 1 for a scalar regression target.
+        task: ``classification`` or ``regression`` (:mod:`pipelines.tasks`).
     """
 
     x: np.ndarray
     y: np.ndarray
     ids: np.ndarray
     num_classes: int
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -29,7 +31,12 @@ class ArrayDataset:
             raise TypeError(f"x must be float32, got {self.x.dtype}")
         if self.y.shape != (n,) or self.ids.shape != (n,):
             raise ValueError(f"x has {n} rows but y has shape {self.y.shape}, ids {self.ids.shape}")
-        if n and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+        if self.task == "regression":
+            if self.y.dtype != np.float32 or self.num_classes != 1 or not np.isfinite(self.y).all():
+                raise ValueError(f"regression targets must be finite float32 with num_classes 1, got {self.y.dtype}, {self.num_classes}")
+        elif self.task != "classification":
+            raise ValueError(f"task must be classification or regression, got {self.task!r}")
+        elif n and (self.y.min() < 0 or self.y.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{self.y.min()}, {self.y.max()}]")
 
     def __len__(self) -> int:
@@ -40,7 +47,7 @@ class ArrayDataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, index: np.ndarray) -> ArrayDataset:
-        return ArrayDataset(self.x[index], self.y[index], self.ids[index], self.num_classes)
+        return replace(self, x=self.x[index], y=self.y[index], ids=self.ids[index])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +65,6 @@ class MixedDataset(ArrayDataset):
             raise ValueError(f"x has {n} rows but y_partner has shape {self.y_partner.shape}, lam {self.lam.shape}")
 
     def subset(self, index: np.ndarray) -> MixedDataset:
-        return MixedDataset(
-            x=self.x[index], y=self.y[index], ids=self.ids[index], num_classes=self.num_classes,
-            y_partner=self.y_partner[index], lam=self.lam[index],
+        return replace(
+            self, x=self.x[index], y=self.y[index], ids=self.ids[index], y_partner=self.y_partner[index], lam=self.lam[index]
         )

@@ -7,7 +7,8 @@ import pyarrow as pa
 
 from pipelines import storage, tables
 from pipelines.data.dataset import ArrayDataset, MixedDataset
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
+from pipelines.tasks import get_task
 
 
 def _flat_list_column(x: np.ndarray) -> pa.ListArray:
@@ -31,9 +32,10 @@ def dataset_table(dataset: ArrayDataset) -> pa.Table:
 
 
 def write_split(url: str, dataset: ArrayDataset, extra_metadata: dict | None = None) -> None:
-    """Write a split as a validated ``dataset`` Parquet table with its input shape and classes."""
-    metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}
-    tables.write_table(dataset_table(dataset), url, tables.DATASET, {**(extra_metadata or {}), **metadata})
+    """Write a split as a validated ``dataset`` Parquet table with its input shape, classes and task."""
+    metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "task": dataset.task}
+    spec = tables.table_for("dataset", dataset.task)
+    tables.write_table(dataset_table(dataset), url, spec, {**(extra_metadata or {}), **metadata})
 
 
 def read_split(url: str) -> ArrayDataset:
@@ -42,21 +44,23 @@ def read_split(url: str) -> ArrayDataset:
     Raises:
         DataError: missing file, failed schema, or metadata that does not fit the rows.
     """
-    arrow, metadata = tables.read_arrow(url, tables.DATASET)
+    arrow, metadata = tables.read_arrow(url, "dataset")
     try:
         shape = tuple(int(d) for d in metadata["input_shape"])
         num_classes = int(metadata["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{url}: dataset table lacks input_shape/num_classes metadata") from None
+        task = get_task(str(metadata.get("task", "classification")))
+    except (KeyError, TypeError, ValueError, ConfigError):
+        raise DataError(f"{url}: dataset table lacks input_shape/num_classes/task metadata") from None
     try:
         x = _unflatten(arrow["x"], shape)
     except ValueError:
         raise DataError(f"{url}: rows of x do not have the recorded shape {shape}") from None
     return ArrayDataset(
         x=x,
-        y=arrow["y"].to_numpy().astype(np.int64),
+        y=arrow["y"].to_numpy().astype(task.target_dtype),
         ids=arrow["sample_id"].to_numpy().astype(np.int64),
         num_classes=num_classes,
+        task=task.name,
     )
 
 
@@ -72,19 +76,21 @@ def mixed_samples_table(
     y: np.ndarray,
     y_partner: np.ndarray,
     lam: np.ndarray,
+    task: str = "classification",
 ) -> pa.Table:
-    """Mixed samples as a validated ``mixed_samples`` table."""
+    """Mixed samples as a validated ``mixed_samples`` table (float targets for regression)."""
+    dtype = get_task(task).target_dtype
     arrow = pa.table(
         {
             "sample_id": pa.array(np.asarray(sample_id, dtype=np.int64)),
             "partner_id": pa.array(np.asarray(partner_id, dtype=np.int64)),
             "x": _flat_list_column(x),
-            "y": pa.array(np.asarray(y, dtype=np.int64)),
-            "y_partner": pa.array(np.asarray(y_partner, dtype=np.int64)),
+            "y": pa.array(np.asarray(y, dtype=dtype)),
+            "y_partner": pa.array(np.asarray(y_partner, dtype=dtype)),
             "lam": pa.array(np.asarray(lam, dtype=np.float32)),
         }
     )
-    tables.validate(arrow, tables.MIXED_SAMPLES)
+    tables.validate(arrow, tables.table_for("mixed_samples", task))
     return arrow
 
 
@@ -106,24 +112,26 @@ def read_shards(directory: str) -> MixedDataset:
         data = storage.read_bytes(url)
         if storage.sha256_bytes(data) != entry["sha256"]:
             raise DataError(f"{url}: sha256 differs from the manifest's; the shard was changed or truncated")
-        arrow, metadata = tables.parse_arrow(data, tables.MIXED_SAMPLES, url)
+        arrow, metadata = tables.parse_arrow(data, "mixed_samples", url)
         if arrow.num_rows != entry["rows"]:
             raise DataError(f"{url}: {arrow.num_rows} rows, the manifest records {entry['rows']}")
         shape = tuple(int(d) for d in metadata["input_shape"])
-        shapes.add((shape, int(metadata["num_classes"])))
+        shapes.add((shape, int(metadata["num_classes"]), str(metadata.get("task", "classification"))))
         parts.append((arrow, shape))
     if len(shapes) != 1:
-        raise DataError(f"{directory}: shards disagree on input shape / classes: {sorted(shapes)}")
-    (shape, num_classes), = shapes
+        raise DataError(f"{directory}: shards disagree on input shape / classes / task: {sorted(shapes)}")
+    (shape, num_classes, task_name), = shapes
+    task = get_task(task_name)
 
     def column(name: str) -> np.ndarray:
         return np.concatenate([arrow[name].to_numpy() for arrow, _ in parts])
 
     return MixedDataset(
         x=np.concatenate([_unflatten(a["x"], s) for a, s in parts]),
-        y=column("y").astype(np.int64),
+        y=column("y").astype(task.target_dtype),
         ids=column("sample_id").astype(np.int64),
         num_classes=num_classes,
-        y_partner=column("y_partner").astype(np.int64),
+        task=task.name,
+        y_partner=column("y_partner").astype(task.target_dtype),
         lam=column("lam").astype(np.float32),
     )

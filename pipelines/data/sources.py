@@ -49,6 +49,32 @@ def load_digits(source: str | None = None, seed: int = 0) -> ArrayDataset:
     return ArrayDataset(x=x, y=y, ids=np.arange(len(y), dtype=np.int64), num_classes=10)
 
 
+@DATASETS.register("diabetes")
+def load_diabetes(source: str | None = None, seed: int = 0) -> ArrayDataset:
+    """scikit-learn's bundled diabetes regression set (Efron et al., "Least Angle Regression", 2004):
+    442 patients, 10 baseline features, a disease-progression score one year later (25..346).
+
+    Features are the raw (unscaled) values as ``(442, 10, 1)``: ten channels of length one, so
+    the prepare stage standardises each feature with train-split statistics (sklearn's ``scaled``
+    variant would use all 442 rows, test included). Targets are float32; prepare standardises them.
+    """
+    _bundled("diabetes", source)
+    from sklearn.datasets import load_diabetes as sklearn_diabetes
+
+    bunch = sklearn_diabetes(scaled=False)
+    x = bunch.data.astype(np.float32)[:, :, None]
+    y = bunch.target.astype(np.float32)
+    return ArrayDataset(x=x, y=y, ids=np.arange(len(y), dtype=np.int64), num_classes=1, task="regression")
+
+
+load_diabetes.task = "regression"
+
+
+def dataset_task(name: str) -> str:
+    """The task of the registered dataset ``name`` (loaders mark regression with a ``task`` attribute)."""
+    return getattr(DATASETS.get(name, key="data.name"), "task", "classification")
+
+
 @DATASETS.register("mnist1d")
 def load_mnist1d(source: str | None = None, seed: int = 0, num_samples: int = 5000) -> ArrayDataset:
     """MNIST-1D generated offline (:mod:`pipelines.data.mnist1d`): ``(N, 1, 40)`` signals, 10 classes.

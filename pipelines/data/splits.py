@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,27 +21,39 @@ class Splits:
         return [("train", self.train), ("val", self.val), ("test", self.test)]
 
 
+def target_strata(y: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Regression targets binned at their quantiles into ``bins`` strata of near-equal size
+    (index-order ties), so that splits keep the target distribution as class strata keep labels."""
+    order = np.argsort(y, kind="stable")
+    strata = np.empty(len(y), dtype=np.int64)
+    strata[order] = np.arange(len(y)) * bins // max(len(y), 1)
+    return strata
+
+
 def stratified_split(
-    dataset: ArrayDataset, val_fraction: float, test_fraction: float, seed: int
+    dataset: ArrayDataset, val_fraction: float, test_fraction: float, seed: int, regression_bins: int = 10
 ) -> Splits:
     """Split so that every class keeps its proportions in train, val and test.
 
     Per class, ``round(n_c * fraction)`` samples go to val and to test (from a seeded
     permutation of that class); the rest go to train. Each split is returned in id order.
+    Regression targets are stratified by ``regression_bins`` quantile bins (:func:`target_strata`).
 
     Raises:
-        DataError: a class is too small to appear in every split.
+        DataError: a class (or target bin) is too small to appear in every split.
     """
     rng = numpy_generator(seed)
+    regression = dataset.task == "regression"
+    strata = target_strata(dataset.y, regression_bins) if regression else dataset.y
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for label in range(dataset.num_classes):
-        members = np.flatnonzero(dataset.y == label)
+    for label in range(regression_bins if regression else dataset.num_classes):
+        members = np.flatnonzero(strata == label)
         n_val = int(round(len(members) * val_fraction))
         n_test = int(round(len(members) * test_fraction))
         if len(members) - n_val - n_test < 1 or n_val < 1 or n_test < 1:
             raise DataError(
-                f"class {label} has {len(members)} samples: too few for val_fraction={val_fraction}, "
-                f"test_fraction={test_fraction}"
+                f"{'target bin' if regression else 'class'} {label} has {len(members)} samples: too few for "
+                f"val_fraction={val_fraction}, test_fraction={test_fraction}"
             )
         shuffled = members[rng.permutation(len(members))]
         parts["val"].append(shuffled[:n_val])
@@ -63,7 +75,19 @@ def normalise(dataset: ArrayDataset, mean: np.ndarray, std: np.ndarray) -> Array
     """``(x - mean) / std`` per channel, in float32."""
     shape = (1, -1) + (1,) * (dataset.x.ndim - 2)
     x = ((dataset.x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-    return ArrayDataset(x, dataset.y, dataset.ids, dataset.num_classes)
+    return replace(dataset, x=x)
+
+
+def target_stats(dataset: ArrayDataset) -> tuple[float, float]:
+    """Mean and standard deviation of regression targets (float64; a constant target gets std 1)."""
+    mean, std = float(dataset.y.mean(dtype=np.float64)), float(dataset.y.std(dtype=np.float64))
+    return mean, std if std > 0 else 1.0
+
+
+def standardise_targets(dataset: ArrayDataset, mean: float, std: float) -> ArrayDataset:
+    """Regression targets as ``(y - mean) / std`` in float32 (the train split's statistics), so
+    that the loss scale and learning rates do not depend on the target's units."""
+    return replace(dataset, y=((dataset.y - mean) / std).astype(np.float32))
 
 
 def contiguous_share(num_items: int, parts: int, index: int) -> slice:

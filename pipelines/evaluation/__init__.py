@@ -1,4 +1,4 @@
-"""Evaluation: metrics (accuracy, NLL, ECE, Brier) and batched prediction. Never trains or merges."""
+"""Evaluation: metrics (accuracy, NLL, ECE, Brier; R², MSE, RMSE, MAE) and batched prediction. Never trains or merges."""
 
 from pipelines.evaluation.metrics import (
     Reliability,
@@ -7,12 +7,15 @@ from pipelines.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
     nll,
+    regression_metrics,
     reliability,
 )
 from pipelines.evaluation.predict import predict_logits
-from pipelines.evaluation.suite import NamedModel, evaluate_models, score_state
+from pipelines.evaluation.interpolation import interpolation_curve, loss_barrier
+from pipelines.evaluation.suite import HeldOutObjective, NamedModel, evaluate_models, output_metrics, score_state
 
 __all__ = [
+    "HeldOutObjective",
     "NamedModel",
     "Reliability",
     "accuracy",
@@ -20,8 +23,12 @@ __all__ = [
     "evaluate_models",
     "classification_metrics",
     "expected_calibration_error",
+    "interpolation_curve",
+    "loss_barrier",
     "nll",
+    "output_metrics",
     "predict_logits",
+    "regression_metrics",
     "reliability",
     "score_state",
 ]

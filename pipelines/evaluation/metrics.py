@@ -1,4 +1,5 @@
-"""Classification metrics from logits: accuracy, NLL, expected calibration error, Brier score."""
+"""Metrics of model outputs: classification (accuracy, NLL, expected calibration error, Brier score)
+from logits, regression (R², MSE, RMSE, MAE) from predictions."""
 
 from __future__ import annotations
 
@@ -71,4 +72,24 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, ece_bins: int 
         "nll": nll(logits, y),
         "ece": expected_calibration_error(logits, y, ece_bins),
         "brier": brier(logits, y),
+    }
+
+
+def regression_metrics(predictions: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> dict[str, float]:
+    """r2, mse, rmse and mae of ``predictions`` against targets ``y`` (same shape).
+
+    Args:
+        scale: the targets' standard deviation when ``y`` is standardised; MSE, RMSE and MAE are
+            reported in the original units (MSE x scale², the others x scale). R² is unit-free:
+            ``1 - SSE / SST`` with SST around the mean of ``y`` itself.
+    """
+    error = predictions.double() - y.double()
+    sse = (error**2).sum().item()
+    sst = ((y.double() - y.double().mean()) ** 2).sum().item()
+    mse = sse / len(y)
+    return {
+        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+        "mse": mse * scale**2,
+        "rmse": mse**0.5 * scale,
+        "mae": error.abs().mean().item() * scale,
     }

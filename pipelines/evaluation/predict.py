@@ -11,7 +11,8 @@ from torch import nn
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) for every row of ``x``, as float32 on the CPU."""
     model.eval()
-    inputs = torch.as_tensor(x)
+    # arrays from Ray's object store are read-only, which torch warns about even for reading
+    inputs = torch.tensor(x) if isinstance(x, np.ndarray) and not x.flags.writeable else torch.as_tensor(x)
     device = next(model.parameters()).device
     chunks = [model(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0)

@@ -25,7 +25,8 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
     """A grid of the first ``count`` rows of a ``mixed_samples`` table, as PNG bytes.
 
     Images (C, H, W) are shown per-image min-max scaled (grey for one channel, RGB for three);
-    1-D inputs (C, L) as curves. Each panel is titled with its labels and λ.
+    1-D inputs (C, L) as curves, and feature vectors (C, 1) as bars. Each panel is titled with its
+    labels (regression: standardised targets) and λ.
     """
     rows = frame.head(count)
     columns = min(8, len(rows))
@@ -39,13 +40,16 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
         x = np.asarray(row.x, dtype=np.float32).reshape(input_shape)
         if x.ndim == 2:
             axis.axis("on")
-            axis.plot(x.T, linewidth=0.8)
+            if x.shape[1] == 1:
+                axis.bar(np.arange(len(x)), x[:, 0])
+            else:
+                axis.plot(x.T, linewidth=0.8)
             axis.set_xticks([])
             axis.set_yticks([])
         else:
             image = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
             axis.imshow(image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1), cmap="gray")
-        axis.set_title(f"{row.y}/{row.y_partner} λ={row.lam:.2f}", fontsize=7)
+        axis.set_title(f"{row.y:.3g}/{row.y_partner:.3g} λ={row.lam:.2f}", fontsize=7)
     figure.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
@@ -53,24 +57,24 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
     return buffer.getvalue()
 
 
-def training_curves(history: pd.DataFrame, path: Path) -> str:
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
+def training_curves(history: pd.DataFrame, score: str, path: Path) -> str:
+    figure, (loss_axis, score_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axis.plot(history["epoch"], history["train_loss"], marker="o", label="train (mixed)")
     loss_axis.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Base model loss")
     loss_axis.legend()
-    acc_axis.plot(history["epoch"], history["val_accuracy"], marker="o", color="tab:green")
-    acc_axis.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    score_axis.plot(history["epoch"], history[f"val_{score}"], marker="o", color="tab:green")
+    score_axis.set(xlabel="epoch", ylabel=score, title=f"Validation {score}")
     return _save(figure, path)
 
 
-def accuracy_bars(evaluation: pd.DataFrame, path: Path) -> str:
+def score_bars(evaluation: pd.DataFrame, score: str, path: Path) -> str:
     colours = {"base": "tab:gray", "trial": "tab:blue", "merged": "tab:orange"}
-    ordered = evaluation.sort_values("accuracy")
+    ordered = evaluation.sort_values(score)
     figure, axis = plt.subplots(figsize=(7, 0.4 * len(ordered) + 1.2))
-    axis.barh(ordered["model"], ordered["accuracy"], color=[colours[k] for k in ordered["kind"]])
-    low = float(ordered["accuracy"].min())
-    axis.set(xlabel="test accuracy", xlim=(max(0.0, low - 0.05), 1.0), title="Test accuracy by model")
+    axis.barh(ordered["model"], ordered[score], color=[colours[k] for k in ordered["kind"]])
+    low = float(ordered[score].min())
+    axis.set(xlabel=f"test {score}", xlim=(min(max(0.0, low - 0.05), low - 0.05 * (low < 0)), 1.0), title=f"Test {score} by model")
     return _save(figure, path)
 
 
@@ -93,15 +97,21 @@ def render_report(
     evaluation: pd.DataFrame,
     reliability: pd.DataFrame,
 ) -> Path:
-    """Write ``index.html`` and its figures into ``out_dir``; return the page's path."""
+    """Write ``index.html`` and its figures into ``out_dir``; return the page's path.
+
+    The score (accuracy, or R² for regression) is the evaluation table's; regression has no
+    reliability diagram (``reliability`` is empty).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     highlighted = ["base", *merges["method"]]
+    score = "accuracy" if "accuracy" in evaluation.columns else "r2"
     figures = [
-        training_curves(history, out / "training.png"),
-        accuracy_bars(evaluation, out / "accuracy.png"),
-        reliability_diagram(reliability, highlighted, out / "reliability.png"),
+        training_curves(history, score, out / "training.png"),
+        score_bars(evaluation, score, out / f"{score}.png"),
     ]
+    if len(reliability):
+        figures.append(reliability_diagram(reliability, highlighted, out / "reliability.png"))
     sections = [
         ("Evaluation (test split)", evaluation),
         ("Merges", merges.drop(columns=["checkpoint"])),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from pipelines.errors import ConfigError
+from pipelines.merging import alignment
 from pipelines.merging.state import StateDict, check_compatible, weighted_average
 from pipelines.merging.task_vectors import TaskVectorOptions, merge_task_vectors, model_stock_ratio, slerp
 
@@ -179,3 +180,20 @@ def regmean(
         correction = residual @ torch.linalg.pinv(sum(regularised), hermitian=True)
         merged[name] = (mean + correction).to(states[0][name].dtype)
     return merged, _all(states)
+
+
+def weight_matching(
+    states: Sequence[StateDict], weights: Sequence[float] | None = None, seed: int = 0, max_passes: int = 100
+) -> Merged:
+    """Git Re-Basin weight matching (Ainsworth et al., ICLR 2023), then a weighted average: every
+    model is permuted to the first one's hidden-unit order (:func:`alignment.weight_matching`,
+    seeded layer order) before averaging, for models that do not share an initialisation.
+    Sequential models only (:func:`alignment.sequential_spec`)."""
+    check_compatible(states)
+    spec = alignment.sequential_spec(states[0])
+    reference = states[0]
+    aligned = [reference] + [
+        alignment.permute_state(spec, other, alignment.weight_matching(spec, reference, other, seed, max_passes))
+        for other in states[1:]
+    ]
+    return weighted_average(aligned, weights), _all(states)

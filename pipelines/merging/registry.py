@@ -56,6 +56,7 @@ for _method in (
     MergeMethod("model_stock", "Model Stock", "https://arxiv.org/abs/2403.19522", methods.model_stock, needs_base=True),
     MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher),
     MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean),
+    MergeMethod("weight_matching", "Git Re-Basin weight matching", "https://arxiv.org/abs/2209.04836", methods.weight_matching),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

@@ -11,20 +11,34 @@ from torch import nn
 from pipelines.merging.state import StateDict
 
 
-def diagonal_fisher(model: nn.Module, x: torch.Tensor, generator: torch.Generator, batch_size: int = 64) -> StateDict:
+def diagonal_fisher(
+    model: nn.Module, x: torch.Tensor, generator: torch.Generator, batch_size: int = 64, task: str = "classification"
+) -> StateDict:
     """The diagonal of the Fisher information, ``E_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta)^2]``,
     per parameter, averaged over the rows of ``x`` with labels sampled from the model's own
     predictive distribution (the true Fisher, as in Matena & Raffel 2022). One sample at a time,
-    since the square of a batch gradient is not the mean of squared per-sample gradients."""
+    since the square of a batch gradient is not the mean of squared per-sample gradients.
+
+    For ``task="regression"`` the predictive distribution is a unit-variance Gaussian around the
+    output (targets are standardised), so ``log p = -(f - y)²/2 + const`` with ``y ~ N(f, 1)``.
+    """
     model.eval()
     fisher = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in model.named_parameters()}
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]
         with torch.no_grad():
-            labels = torch.multinomial(F.softmax(model(chunk).double(), -1), 1, generator=generator).squeeze(1)
+            outputs = model(chunk).double()
+            if task == "regression":
+                labels = outputs + torch.randn(outputs.shape, generator=generator, dtype=torch.float64, device=outputs.device)
+            else:
+                labels = torch.multinomial(F.softmax(outputs, -1), 1, generator=generator).squeeze(1)
         for row, label in zip(chunk, labels, strict=True):
             model.zero_grad(set_to_none=True)
-            F.log_softmax(model(row.unsqueeze(0)), -1)[0, label].backward()
+            output = model(row.unsqueeze(0))
+            if task == "regression":
+                (-0.5 * (output[0].double() - label).pow(2).sum()).backward()
+            else:
+                F.log_softmax(output, -1)[0, label].backward()
             for name, p in model.named_parameters():
                 if p.grad is not None:
                     fisher[name] += p.grad.double() ** 2

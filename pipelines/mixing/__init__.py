@@ -19,7 +19,14 @@ from pipelines.mixing import saliency as _saliency  # noqa: F401  (registers sal
 from pipelines.mixing.base import MIXERS, Mixer, MixOutput
 from pipelines.mixing.manifold import mixing_hidden
 from pipelines.mixing.mixture import MixtureMixer, mixture
-from pipelines.mixing.losses import LOSSES, MixedLoss, decoupled_mixup_loss, get_loss, mixup_ranking_loss
+from pipelines.mixing.losses import (
+    LOSSES,
+    MixedLoss,
+    check_loss_task,
+    decoupled_mixup_loss,
+    get_loss,
+    mixup_ranking_loss,
+)
 from pipelines.mixing.spec import MixingSpec
 from pipelines.mixing.targets import mixed_targets, pair_targets, smoothed_one_hot, soft_target_cross_entropy
 
@@ -50,6 +57,7 @@ __all__ = [
     "MixingSpec",
     "MixtureMixer",
     "decoupled_mixup_loss",
+    "check_loss_task",
     "get_loss",
     "get_mixer",
     "mix",

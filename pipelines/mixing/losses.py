@@ -77,10 +77,12 @@ def mixup_ranking_loss(mixed_logits: torch.Tensor, clean_logits: torch.Tensor, m
 @dataclass(frozen=True)
 class MixedLoss:
     """A training loss over a mixed batch. ``needs_clean`` losses also get the logits of the
-    unmixed inputs (one more forward pass), so they cannot train from offline shards."""
+    unmixed inputs (one more forward pass), so they cannot train from offline shards. ``task`` is
+    what the loss's targets are (:mod:`pipelines.tasks`)."""
 
     name: ClassVar[str] = ""
     needs_clean: ClassVar[bool] = False
+    task: ClassVar[str] = "classification"
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor, *,
@@ -140,6 +142,20 @@ class RankMixupLoss(MixedLoss):
         return clean + self.weight * mixup_ranking_loss(logits, clean_logits, self.margin)
 
 
+@LOSSES.register_named("mse")
+@dataclass(frozen=True)
+class MixedTargetMSE(MixedLoss):
+    """Regression: mean squared error against the λ-interpolated target ``lam y + (1 - lam) y_partner``
+    (mixup for regression, Zhang et al. 2018; C-Mixup, Yao et al. 2022). Its gradient equals that of
+    ``lam MSE(y) + (1 - lam) MSE(y_partner)``, so the two usual forms train alike."""
+
+    task: ClassVar[str] = "regression"
+
+    def __call__(self, logits, y, y_partner, lam, *, num_classes, smoothing=0.0, clean_logits=None):
+        target = torch.lerp(y_partner.float(), y.float(), lam.float().reshape(-1, *([1] * (y.dim() - 1))))
+        return F.mse_loss(logits.float().reshape(target.shape), target)
+
+
 def get_loss(name: str, **options: object) -> MixedLoss:
     """The loss registered as ``name`` with ``options`` (``mixing.loss`` / ``mixing.loss_options``).
 
@@ -148,3 +164,13 @@ def get_loss(name: str, **options: object) -> MixedLoss:
         ConfigError: an option is unknown to the loss or out of range.
     """
     return LOSSES.build(name, "mixing.loss", "mixing.loss_options", **options)
+
+
+def check_loss_task(loss: MixedLoss, name: str, task: str, smoothing: float = 0.0) -> None:
+    """Raise :class:`ConfigError` unless the loss ``name`` trains ``task`` (label smoothing is a
+    classification notion too)."""
+    if loss.task != task:
+        fitting = sorted(n for n in LOSSES.names() if LOSSES.get(n).task == task)
+        raise ConfigError(f"mixing.loss: {name!r} is a {loss.task} loss but the data are a {task} task; use one of {fitting}")
+    if task == "regression" and smoothing:
+        raise ConfigError(f"mixing.label_smoothing must be 0 for regression, got {smoothing!r}")

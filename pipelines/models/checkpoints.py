@@ -26,9 +26,10 @@ class ModelCard:
 
     model: str
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # outputs: classes, or 1 for a scalar regression target
     seed: int
     info: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelCard:
@@ -39,6 +40,7 @@ class ModelCard:
                 num_classes=int(obj["num_classes"]),
                 seed=int(obj["seed"]),
                 info=dict(obj.get("info", {})),
+                task=str(obj.get("task", "classification")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise DataError(f"model card is malformed: {error!r}") from None

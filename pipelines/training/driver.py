@@ -16,6 +16,7 @@ import torch
 from pipelines import tables
 from pipelines.data import ArrayDataset, MixedDataset
 from pipelines.errors import ConfigError, DataError
+from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
@@ -35,7 +36,11 @@ class TrainOutcome:
 
 
 def check_fits(job: TrainJob, train: ArrayDataset) -> None:
-    """Fail before Ray starts: too few samples for a batch, or mix points the model lacks."""
+    """Fail before Ray starts: too few samples for a batch, a loss for the other task, or mix
+    points the model lacks."""
+    if train.task != job.card.task:
+        raise ConfigError(f"the data are a {train.task} task but the model card says {job.card.task}")
+    check_loss_task(job.mixing.build_loss(), job.mixing.loss, job.card.task, job.mixing.label_smoothing)
     if steps_per_epoch(len(train), job.batch_size, job.num_workers) == 0:
         raise DataError(
             f"{len(train)} training samples do not fill one global batch of "
@@ -106,7 +111,8 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     return TrainOutcome(saved.weights, saved.card, saved.progress.history, str(result.path))
 
 
-def history_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The per-epoch records as a ``train_history`` table (validated)."""
-    frame = pd.DataFrame(list(history), columns=list(tables.TRAIN_HISTORY.columns))
-    return tables.to_frame(tables.to_arrow(frame, tables.TRAIN_HISTORY))
+def history_frame(history: Sequence[dict[str, Any]], task: str = "classification") -> pd.DataFrame:
+    """The per-epoch records as a ``train_history`` table of ``task`` (validated)."""
+    spec = tables.table_for("train_history", task)
+    frame = pd.DataFrame(list(history), columns=list(spec.columns))
+    return tables.to_frame(tables.to_arrow(frame, spec))

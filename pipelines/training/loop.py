@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load as load_safetensors
 
 from pipelines import storage
 from pipelines.mixing import Mixer, MixedLoss, MixOutput, mixing_hidden
 from pipelines.models import build_model, mix_points, plain_state_dict
 from pipelines.seeding import torch_generator
+from pipelines.tasks import CLASSIFICATION, Task, get_task
 from pipelines.data import contiguous_share
 from pipelines.training.batching import mixing_seed, rank_batches
 from pipelines.training.job import TrainJob
@@ -49,16 +49,12 @@ def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[float, float, float]:
-    """Sum of losses, number correct and count over this rank's share of the validation set."""
+def validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, task: Task = CLASSIFICATION) -> list[float]:
+    """The task's validation sums (:meth:`Task.validation_sums`) over this rank's share of the
+    validation set; summed across ranks, :meth:`Task.summarise` makes them (val_loss, val_score)."""
     model.eval()
     share = contiguous_share(len(x), world, rank)
-    logits = model(x[share]).float()
-    return (
-        F.cross_entropy(logits, y[share], reduction="sum").item(),
-        (logits.argmax(-1) == y[share]).sum().item(),
-        float(len(y[share])),
-    )
+    return task.validation_sums(model(x[share]), y[share])
 
 
 @dataclass(frozen=True)
@@ -172,6 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     y_val = torch.tensor(arrays["y_val"], device=device)
 
     card = job.card
+    task = get_task(card.task)
     model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
     if job.init_weights is not None:
         model.load_state_dict(load_safetensors(job.init_weights))
@@ -198,14 +195,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)
         loss_sum, seen = train_epoch(model, optimizer, mixing, x_train, y_train, job, rank, world, epoch, use_amp)
-        val_loss, val_correct, val_count = validate(model, x_val, y_val, rank, world)
-        totals = _sum_across_ranks([loss_sum, seen, val_loss, val_correct, val_count], device)
+        val_sums = validate(model, x_val, y_val, rank, world, task)
+        totals = _sum_across_ranks([loss_sum, seen, *val_sums], device)
+        val_loss, val_score = task.summarise(totals[2:])
         seconds = time.perf_counter() - started
         record = {
             "epoch": epoch + 1,
             "train_loss": totals[0] / totals[1],
-            "val_loss": totals[2] / totals[4],
-            "val_accuracy": totals[3] / totals[4],
+            "val_loss": val_loss,
+            task.score_column: val_score,
             "lr": lr,
             "samples_per_s": totals[1] / seconds,
             "epoch_seconds": seconds,
@@ -215,9 +213,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         history.append(record)
         if rank == 0:
             log.info(
-                "[%s] epoch %d/%d train_loss %.4f val_loss %.4f val_accuracy %.4f (%.0f samples/s)",
+                "[%s] epoch %d/%d train_loss %.4f val_loss %.4f %s %.4f (%.0f samples/s)",
                 job.run_name, epoch + 1, job.epochs, record["train_loss"], record["val_loss"],
-                record["val_accuracy"], record["samples_per_s"],
+                task.score_column, val_score, record["samples_per_s"],
             )
             with tempfile.TemporaryDirectory(prefix="mixpipe-ckpt-") as directory:
                 state = TrainState(epoch + 1, history, progress.attempt)

@@ -16,10 +16,10 @@ from pipelines.data import ArrayDataset
 from pipelines.errors import MixpipeError
 from pipelines.mixing.spec import freeze
 from pipelines.seeding import derive_seed
+from pipelines.tasks import get_task
 from pipelines.training import TrainJob, run_training
 from pipelines.training.state import load_train_state
 
-METRIC = "val_accuracy"
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 
 
@@ -52,9 +52,11 @@ def grid(
 
 @dataclass(frozen=True)
 class TrialOutcome:
+    """A finished trial; ``val_score`` is its last epoch's task score (accuracy, or R² for regression)."""
+
     point: TrialPoint
     epochs_run: int
-    val_accuracy: float
+    val_score: float
     val_loss: float
     checkpoint_path: str
     weights: dict[str, Any]
@@ -121,7 +123,7 @@ def run_sweep(
             trainable,
             param_space={"point": tune.grid_search([vars(p) for p in points])},
             tune_config=tune.TuneConfig(
-                metric=METRIC,
+                metric=get_task(template.card.task).score_column,
                 mode="max",
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
@@ -152,7 +154,7 @@ def run_sweep(
             TrialOutcome(
                 point=point,
                 epochs_run=int(last["epoch"]),
-                val_accuracy=float(last["val_accuracy"]),
+                val_score=float(last[get_task(template.card.task).score_column]),
                 val_loss=float(last["val_loss"]),
                 checkpoint_path=str(checkpoint_path),
                 weights=saved.weights,

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["prepare", "augment@mixup", "augment@cutmix", "train", "tune", "merge", "evaluate", "report"]
 TRIALS = ["t00-mixup-a0.2", "t01-mixup-a1", "t02-cutmix-a0.2", "t03-cutmix-a1"]
-MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp", "fisher", "regmean"]
+MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp", "fisher", "regmean",
+          "weight_matching"]
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,29 @@ def test_merge_and_evaluate_cover_every_model(workspace):
     assert counts["uniform_soup"] == counts["ties"] == counts["model_stock"] == counts["fisher"] == 4
     assert counts["slerp"] == 2
     assert 1 <= counts["greedy_soup"] <= 4
+    by_method = merges.set_index("method")
+    assert (merges["peak_memory_mib"] >= 0).all() and (merges["seconds"] > 0).all()
+    # the searched coefficients: every grid point is in merge_search, the chosen one is in merges
+    search = tables.read_table(str(workspace / "results/merge_search.parquet"), "merge_search")
+    assert search.groupby("method").size().to_dict() == {"task_arithmetic": 4, "ties": 6}
+    for method in ("task_arithmetic", "ties"):
+        rows = search[search["method"] == method]
+        chosen = rows[rows["chosen"]]
+        assert len(chosen) == 1 and chosen["val_accuracy"].iloc[0] == rows["val_accuracy"].max()
+        assert json.loads(by_method.loc[method, "params"]).items() >= json.loads(chosen["params"].iloc[0]).items()
+        assert by_method.loc[method, "val_accuracy"] == pytest.approx(chosen["val_accuracy"].iloc[0])
+    curve = (workspace / "results/plots/interpolation.csv").read_text().splitlines()
+    assert curve[0] == "t,val_loss,val_accuracy,test_loss,test_accuracy" and len(curve) == 26
+    interpolation = json.loads((workspace / "results/interpolation.json").read_text())["interpolation"]
+    assert len(interpolation["pair"]) == 2 and set(interpolation["pair"]) <= set(TRIALS)
     evaluation = tables.read_table(str(workspace / "results/evaluation.parquet"), "evaluation")
     assert evaluation["model"].tolist() == ["base", *TRIALS, *MERGES]
     assert (evaluation["num_samples"] == 269).all() and (evaluation["accuracy"] > 0.5).all()
     metrics = json.loads((workspace / "metrics.json").read_text())["test"]
     assert set(metrics) == {"base", "best_trial", *MERGES}
     assert metrics["base"]["accuracy"] == pytest.approx(evaluation.set_index("model").loc["base", "accuracy"], abs=1e-6)
+    for method in MERGES:  # the merge stage's test metrics are the evaluate stage's
+        assert by_method.loc[method, "test_accuracy"] == pytest.approx(metrics[method]["accuracy"], abs=1e-6)
     assert (workspace / "results/plots/models.csv").read_text().startswith("model,kind,num_samples,accuracy")
     page = (workspace / "report/index.html").read_text()
     assert all(f'src="{name}.png"' in page for name in ("training", "accuracy", "reliability"))

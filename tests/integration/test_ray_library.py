@@ -161,6 +161,49 @@ def test_sweep_runs_every_grid_point_and_keeps_checkpoints(ray_local, splits, tm
     assert [o.point for o in outcomes] == points
     for outcome in outcomes:
         assert outcome.epochs_run in (1, 2)
-        assert 0 <= outcome.val_accuracy <= 1
+        assert 0 <= outcome.val_score <= 1
         assert outcome.weights.keys() == base.state_dict.keys()
         assert not all(torch.equal(outcome.weights[k], base.state_dict[k]) for k in base.state_dict)
+
+
+def test_regression_trains_with_cmixup_under_ddp_and_reports_r2(ray_local, tmp_path):
+    from pipelines.data import standardise_targets, target_stats
+
+    data = stratified_split(load_dataset("diabetes"), 0.15, 0.15, seed=0)
+    mean, std = channel_stats(data.train)
+    target_mean, target_std = target_stats(data.train)
+    train, val = (standardise_targets(normalise(s, mean, std), target_mean, target_std) for s in (data.train, data.val))
+    card = ModelCard("mlp", (10, 1), 1, seed=1, task="regression")
+    spec = MixingSpec("cmixup", alpha=1.0, options=(("bandwidth", 1.0),), loss="mse")
+    outcome = run_training(
+        job(tmp_path, "diabetes", card=card, mixing=spec, epochs=20, batch_size=16,
+            optim=OptimParams(lr=0.01, warmup_epochs=0)), train, val,
+    )
+    history = outcome.history
+    assert "val_accuracy" not in history[-1] and [r["world_size"] for r in history] == [2] * 20
+    assert history[-1]["val_r2"] > 0.3 and history[-1]["val_loss"] < history[0]["val_loss"]
+    # val_r2 is 1 - MSE / variance of the (standardised) validation targets
+    assert history[-1]["val_r2"] == pytest.approx(1 - history[-1]["val_loss"] / float(np.var(val.y, dtype=np.float64)), rel=1e-6)
+    with pytest.raises(Exception, match="'soft_ce' is a classification loss"):
+        run_training(job(tmp_path, "wrong-loss", card=card, mixing=MixingSpec("mixup", alpha=1.0)), train, val)
+
+
+def test_merge_search_evaluates_every_grid_point_with_ray_tune(ray_local, splits, tmp_path):
+    from pipelines.evaluation import HeldOutObjective
+    from pipelines.merging import merge
+    from pipelines.models import build_model
+    from pipelines.tuning.merge_search import best_point, search_merge_params
+
+    train, val = splits
+    card = ModelCard("mlp", (1, 8, 8), 10, seed=1)
+    base = build_model("mlp", (1, 8, 8), 10, seed=1).state_dict()
+    states = [build_model("mlp", (1, 8, 8), 10, seed=s).state_dict() for s in (2, 3)]
+    objective = HeldOutObjective(card, val.x, val.y)
+    space = {"scale": [0.0, 0.5], "density": [0.2, 1.0]}
+    points = search_merge_params("ties", states, base, {}, space, objective, str(tmp_path), "search")
+    assert [p.params for p in points] == [{"density": 0.2, "scale": 0.0}, {"density": 0.2, "scale": 0.5},
+                                          {"density": 1.0, "scale": 0.0}, {"density": 1.0, "scale": 0.5}]
+    for point in points:  # what each Tune trial reported is the objective of that merge, recomputed here
+        assert (point.score, point.loss) == pytest.approx(objective(merge("ties", states, base, **point.params)))
+    assert (points[0].score, points[0].loss) == pytest.approx(objective(base))  # scale 0 is the base
+    assert best_point(points) in points

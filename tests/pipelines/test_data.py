@@ -6,12 +6,16 @@ from pipelines.data import (
     ArrayDataset,
     channel_stats,
     contiguous_share,
+    dataset_task,
     load_dataset,
     normalise,
     read_split,
+    standardise_targets,
     stratified_split,
+    target_stats,
     write_split,
 )
+from pipelines.data.splits import target_strata
 from pipelines.errors import ConfigError, DataError, UnknownNameError
 
 
@@ -81,7 +85,11 @@ def test_registry_datasets_are_well_formed(name, sources):
     dataset = load_dataset(name, source, seed=0, options=options)
     assert dataset.x.dtype == np.float32 and dataset.x.ndim >= 3
     assert len(np.unique(dataset.ids)) == len(dataset)
-    assert set(np.unique(dataset.y)) == set(range(dataset.num_classes))
+    assert dataset_task(name) == dataset.task
+    if dataset.task == "regression":
+        assert dataset.y.dtype == np.float32 and dataset.num_classes == 1 and np.isfinite(dataset.y).all()
+    else:
+        assert set(np.unique(dataset.y)) == set(range(dataset.num_classes))
 
 
 def test_digits_is_the_bundled_set(digits):
@@ -228,3 +236,32 @@ def test_parquet_tables_are_checked_with_clear_errors(tmp_path):
     text = write_user_table(tmp_path, x=rows, label=["a", "b", "c"])
     with pytest.raises(DataError, match="'label' integer labels; got list<element: double> and string"):
         load_dataset("parquet", text, options={"x_column": "x"})
+
+
+def test_diabetes_is_the_bundled_regression_set():
+    diabetes = load_dataset("diabetes")
+    assert diabetes.task == "regression" and diabetes.x.shape == (442, 10, 1)
+    assert diabetes.y.min() == 25.0 and diabetes.y.max() == 346.0
+    assert float(diabetes.x[0, 0, 0]) == 59.0  # raw age of the first patient, not sklearn's scaled value
+    mean, std = channel_stats(diabetes)
+    assert mean.shape == (10,)  # one statistic per feature
+
+
+def test_regression_splits_keep_the_target_distribution_and_standardise_with_train_statistics(tmp_path):
+    diabetes = load_dataset("diabetes")
+    strata = target_strata(diabetes.y, 10)
+    assert set(np.bincount(strata).tolist()) == {44, 45}  # ten quantile bins of 442 targets
+    assert (np.diff(strata[np.argsort(diabetes.y, kind="stable")]) >= 0).all()  # bins follow the target's order
+    splits = stratified_split(diabetes, 0.15, 0.15, seed=3)
+    assert sorted(np.concatenate([s.ids for _, s in splits.items()]).tolist()) == list(range(442))
+    assert [len(s) for _, s in splits.items()] == [302, 70, 70]  # round(44 or 45 x 0.15) = 7 per bin
+    # every bin sends its share to val and test, so their targets span the range
+    assert splits.val.y.min() < 60 and splits.val.y.max() > 250
+    mean, std = target_stats(splits.train)
+    ready = standardise_targets(splits.train, mean, std)
+    assert abs(ready.y.mean()) < 1e-6 and abs(ready.y.std() - 1) < 1e-5 and ready.y.dtype == np.float32
+    write_split(str(tmp_path / "train.parquet"), ready)
+    back = read_split(str(tmp_path / "train.parquet"))
+    assert back.task == "regression" and np.array_equal(back.y, ready.y) and back.num_classes == 1
+    with pytest.raises(ValueError, match="regression targets must be finite"):
+        ArrayDataset(ready.x[:2], np.array([0.0, np.nan], np.float32), ready.ids[:2], 1, task="regression")

@@ -466,7 +466,7 @@ def replace_layer(out, layer):
 def test_loss_registry_values():
     from pipelines.mixing import LOSSES, get_loss
 
-    assert LOSSES.names() == ["decoupled", "rankmixup", "soft_ce"]
+    assert LOSSES.names() == ["decoupled", "mse", "rankmixup", "soft_ce"]
     x, y = batch(32, (2, 4, 4), seed=8)
     out = mix("mixup", x, y, generator=torch_generator(1), alpha=1.0)
     logits, clean = torch.randn(32, 10, generator=torch_generator(2)), torch.randn(32, 10, generator=torch_generator(3))
@@ -483,3 +483,26 @@ def test_loss_registry_values():
         rank(*pair, num_classes=10)
     with pytest.raises(ConfigError, match="mixing.loss_options: mixing loss 'rankmixup' does not take"):
         get_loss("rankmixup", eta=1.0)
+
+
+def test_mse_loss_is_against_the_interpolated_target_and_checks_the_task():
+    from pipelines.errors import ConfigError
+    from pipelines.mixing import check_loss_task, get_loss
+
+    y = torch.tensor([1.0, -2.0, 0.5])
+    partner = torch.tensor([3.0, 2.0, 0.5])
+    lam = torch.tensor([0.25, 1.0, 0.5])
+    outputs = torch.tensor([[2.0], [-2.0], [1.5]])
+    # targets: 0.25*1 + 0.75*3 = 2.5; -2; 0.5 -> squared errors 0.25, 0, 1
+    loss = get_loss("mse")(outputs, y, partner, lam, num_classes=1)
+    assert loss.item() == pytest.approx((0.25 + 0.0 + 1.0) / 3)
+    # the same gradient as the lam-weighted pair of MSEs
+    f = outputs.clone().requires_grad_()
+    get_loss("mse")(f, y, partner, lam, num_classes=1).backward()
+    g = outputs.clone().requires_grad_()
+    (lam * (g[:, 0] - y) ** 2 + (1 - lam) * (g[:, 0] - partner) ** 2).mean().backward()
+    assert torch.allclose(f.grad, g.grad)
+    with pytest.raises(ConfigError, match=r"'soft_ce' is a classification loss .* use one of \['mse'\]"):
+        check_loss_task(get_loss("soft_ce"), "soft_ce", "regression")
+    with pytest.raises(ConfigError, match="label_smoothing must be 0 for regression"):
+        check_loss_task(get_loss("mse"), "mse", "regression", smoothing=0.1)

@@ -92,13 +92,41 @@ def test_every_table_accepts_a_valid_row():
                           "lr": [0.1], "samples_per_s": [10.0], "epoch_seconds": [1.0], "world_size": [2], "attempt": [0]},
         "trials": {"trial": ["t00"], "method": ["mixup"], "alpha": [0.2], "epochs_run": [2], "stopped_early": [True],
                    "val_loss": [0.1], "val_accuracy": [0.9], "checkpoint": ["models/trials/t00"]},
-        "merges": {"method": ["uniform_soup"], "num_models": [4], "members": ["a,b"], "val_loss": [0.1],
-                   "val_accuracy": [0.9], "seconds": [0.5], "checkpoint": ["m.safetensors"]},
+        "merges": {"method": ["uniform_soup"], "params": ["{}"], "num_models": [4], "members": ["a,b"],
+                   **{f"{s}_{m}": [0.1] for s in ("val", "test") for m in ("accuracy", "nll", "ece", "brier")},
+                   "seconds": [0.5], "peak_memory_mib": [1.5], "checkpoint": ["m.safetensors"]},
+        "merge_search": {"method": ["ties"], "params": ['{"density": 0.2}'], "val_loss": [0.2], "val_accuracy": [0.9],
+                         "chosen": [True]},
         "evaluation": _evaluation_rows().iloc[:1].to_dict("list"),
     }
+    regression = {
+        "dataset_regression": {**rows["dataset"], "y": [np.float32(-1.5)]},
+        "mixed_samples_regression": {**rows["mixed_samples"], "y": [np.float32(-1.5)], "y_partner": [np.float32(0.5)]},
+        "train_history_regression": {**{k: v for k, v in rows["train_history"].items() if k != "val_accuracy"}, "val_r2": [-0.5]},
+        "trials_regression": {**{k: v for k, v in rows["trials"].items() if k != "val_accuracy"}, "val_r2": [0.4]},
+        "merges_regression": {**{k: v for k, v in rows["merges"].items() if k[:4] not in ("val_", "test")},
+                              **{f"{s}_{m}": [0.3] for s in ("val", "test") for m in ("r2", "mse", "rmse", "mae")}},
+        "merge_search_regression": {**{k: v for k, v in rows["merge_search"].items() if k != "val_accuracy"}, "val_r2": [0.3]},
+        "evaluation_regression": {"model": ["base"], "kind": ["base"], "num_samples": [3], "r2": [0.5], "mse": [2.0],
+                                  "rmse": [2.0**0.5], "mae": [1.0]},
+    }
+    rows.update(regression)
     assert rows.keys() == tables.TABLES.keys()
+    assert tables.table_for("trials", "regression").name == "trials_regression"
     for name, row in rows.items():
         sink = io.BytesIO()
         arrow = tables.to_arrow(pd.DataFrame(row), name)
         sink.write(tables.parquet_bytes(arrow))
         assert pq.read_table(io.BytesIO(sink.getvalue())).num_rows == 1
+
+
+def test_a_plain_table_name_reads_the_regression_variant(tmp_path):
+    url = str(tmp_path / "evaluation.parquet")
+    frame = pd.DataFrame({"model": ["base"], "kind": ["base"], "num_samples": [3], "r2": [0.5], "mse": [2.0],
+                          "rmse": [2.0**0.5], "mae": [1.0]})
+    tables.write_table(frame, url, tables.table_for("evaluation", "regression"))
+    assert list(tables.read_table(url, "evaluation").columns) == list(frame.columns)
+    with pytest.raises(DataError, match="do not match"):
+        tables.read_table(url, tables.EVALUATION)  # an explicit spec is not second-guessed
+    with pytest.raises(DataError, match="less_than_or_equal_to"):
+        tables.write_table(frame.assign(r2=[1.5]), url, tables.table_for("evaluation", "regression"))
