@@ -19,7 +19,7 @@ TINY_PARAMS = {
     "train": {"epochs": 2, "batch_size": 32, "num_workers": 2},
     "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 2, "grace_period": 1,
              "max_concurrent_trials": 2},
-    "merge": {"search": {"task_arithmetic": {"scale": [0.5, 1.0]}, "ties": {"density": [0.2, 0.5], "scale": [1.0]}}},
+    "merge": {"search": {"task_arithmetic": {"scale": [0.5]}, "ties": {"density": [0.2, 0.5], "scale": [1.0]}}},
 }
 
 
