@@ -24,8 +24,10 @@ def main(argv: list[str]) -> None:
         return tables.read_table(storage.join(results, f"{name}.parquet"), name)
 
     reliability = pd.read_csv(storage.join(p.paths.plots, "reliability.csv"))
+    interpolation = pd.read_csv(storage.join(p.paths.plots, "interpolation.csv"))
     page = render_report(
-        p.paths.report, table("train_history"), table("trials"), table("merges"), table("evaluation"), reliability
+        p.paths.report, table("train_history"), table("trials"), table("merges"), table("evaluation"), reliability,
+        interpolation, table("merge_search"),
     )
     print(f"report: {page}")
 

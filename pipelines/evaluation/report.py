@@ -89,6 +89,16 @@ def reliability_diagram(reliability: pd.DataFrame, models: list[str], path: Path
     return _save(figure, path)
 
 
+def interpolation_figure(curve: pd.DataFrame, path: Path) -> str:
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for split in ("val", "test"):
+        if f"{split}_loss" in curve:
+            axis.plot(curve["t"], curve[f"{split}_loss"], marker=".", label=split)
+    axis.set(xlabel="t (0: first model, 1: second)", ylabel="loss", title="Loss along the line between the two best trials")
+    axis.legend()
+    return _save(figure, path)
+
+
 def render_report(
     out_dir: str,
     history: pd.DataFrame,
@@ -96,6 +106,8 @@ def render_report(
     merges: pd.DataFrame,
     evaluation: pd.DataFrame,
     reliability: pd.DataFrame,
+    interpolation: pd.DataFrame | None = None,
+    merge_search: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``index.html`` and its figures into ``out_dir``; return the page's path.
 
@@ -112,9 +124,12 @@ def render_report(
     ]
     if len(reliability):
         figures.append(reliability_diagram(reliability, highlighted, out / "reliability.png"))
+    if interpolation is not None and len(interpolation):
+        figures.append(interpolation_figure(interpolation, out / "interpolation.png"))
     sections = [
         ("Evaluation (test split)", evaluation),
         ("Merges", merges.drop(columns=["checkpoint"])),
+        *([("Merge coefficient search (validation split)", merge_search)] if merge_search is not None and len(merge_search) else []),
         ("Tune trials", trials.drop(columns=["checkpoint"])),
         ("Base model training", history),
     ]

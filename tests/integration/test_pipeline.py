@@ -108,7 +108,7 @@ def test_merge_and_evaluate_cover_every_model(workspace):
         assert by_method.loc[method, "test_accuracy"] == pytest.approx(metrics[method]["accuracy"], abs=1e-6)
     assert (workspace / "results/plots/models.csv").read_text().startswith("model,kind,num_samples,accuracy")
     page = (workspace / "report/index.html").read_text()
-    assert all(f'src="{name}.png"' in page for name in ("training", "accuracy", "reliability"))
+    assert all(f'src="{name}.png"' in page for name in ("training", "accuracy", "reliability", "interpolation"))
 
 
 def test_second_repro_does_nothing(workspace):

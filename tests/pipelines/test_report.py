@@ -15,9 +15,13 @@ def test_report_page_holds_every_table_and_figure(tmp_path):
                                "accuracy": [0.625, 0.75], "nll": [0.9, 0.8], "ece": [0.1, 0.2], "brier": [0.5, 0.4]})
     reliability = pd.DataFrame({"model": ["base", "uniform_soup"], "bin": [13, 14], "lower": [13 / 15, 14 / 15],
                                 "upper": [14 / 15, 1.0], "count": [8, 8], "confidence": [0.9, 0.95], "accuracy": [0.625, 0.75]})
-    page = render_report(str(tmp_path / "report"), history, trials, merges, evaluation, reliability)
+    curve = pd.DataFrame({"t": [0.0, 0.5, 1.0], "val_loss": [0.4, 0.5, 0.45], "test_loss": [0.41, 0.52, 0.44]})
+    search = pd.DataFrame({"method": ["ties"], "params": ['{"density": 0.2}'], "val_loss": [0.3], "val_accuracy": [0.9375],
+                           "chosen": [True]})
+    page = render_report(str(tmp_path / "report"), history, trials, merges, evaluation, reliability, curve, search)
     html = page.read_text()
-    for figure in ("training.png", "accuracy.png", "reliability.png"):
+    assert "Merge coefficient search" in html and "0.9375" in html
+    for figure in ("training.png", "accuracy.png", "reliability.png", "interpolation.png"):
         png = tmp_path / "report" / figure
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert f'src="{figure}"' in html
@@ -41,3 +45,19 @@ def test_mixed_examples_grid_is_a_png_of_the_rows():
         png = mixed_examples_png(frame, shape, "test", count=16)
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.width > image.height  # 8 columns, 2 rows
+
+
+def test_regression_report_uses_r2_and_has_no_reliability_diagram(tmp_path):
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.6], "val_loss": [0.9, 0.55], "val_r2": [0.1, 0.4375],
+                            "lr": [0.1, 0.05], "samples_per_s": [10.0, 11.0], "epoch_seconds": [1.0, 1.0],
+                            "world_size": [2, 2], "attempt": [0, 0]})
+    trials = pd.DataFrame({"trial": ["t00-cmixup-a1"], "method": ["cmixup"], "alpha": [1.0], "epochs_run": [2],
+                           "stopped_early": [False], "val_loss": [0.5], "val_r2": [0.45], "checkpoint": ["x"]})
+    merges = pd.DataFrame({"method": ["uniform_soup"], "num_models": [1], "members": ["t00-cmixup-a1"], "checkpoint": ["y"]})
+    evaluation = pd.DataFrame({"model": ["base", "uniform_soup"], "kind": ["base", "merged"], "num_samples": [8, 8],
+                               "r2": [-0.25, 0.5], "mse": [2.0, 1.0], "rmse": [2.0**0.5, 1.0], "mae": [1.0, 0.8]})
+    reliability = pd.DataFrame(columns=["model", "bin", "lower", "upper", "count", "confidence", "accuracy"])
+    page = render_report(str(tmp_path / "report"), history, trials, merges, evaluation, reliability)
+    html = page.read_text()
+    assert 'src="r2.png"' in html and 'src="training.png"' in html and "reliability" not in html
+    assert "0.4375" in html and "-0.2500" in html
