@@ -60,6 +60,10 @@ class Task:
         spread = squares - total * total / count
         return sse / count, 1.0 - sse / spread if spread > 0 else float("nan")
 
+    def loss_and_score(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """``(val_loss, val_score)`` of ``outputs`` on one whole split (no ranks to sum over)."""
+        return self.summarise(self.validation_sums(outputs, y))
+
 
 CLASSIFICATION = Task("classification", score="accuracy", loss="nll", target_dtype=np.int64)
 REGRESSION = Task("regression", score="r2", loss="mse", target_dtype=np.float32)

@@ -41,8 +41,7 @@ def interpolation_curve(
         model = model_from_state(card, interpolate_states(a, b, float(t)))
         row = {"t": float(t)}
         for split, (x, y) in splits.items():
-            targets = torch.as_tensor(y)
-            loss, score = task.summarise(task.validation_sums(predict_logits(model, x, batch_size), targets))
+            loss, score = task.loss_and_score(predict_logits(model, x, batch_size), torch.as_tensor(y))
             row.update({f"{split}_loss": loss, f"{split}_{task.score}": score})
         rows.append(row)
     return pd.DataFrame(rows)

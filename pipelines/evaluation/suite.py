@@ -97,5 +97,5 @@ class HeldOutObjective:
     def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, float]:
         task = get_task(self.card.task)
         outputs = predict_logits(model_from_state(self.card, state), self.x, self.batch_size)
-        loss, score = task.summarise(task.validation_sums(outputs, torch.tensor(self.y)))
+        loss, score = task.loss_and_score(outputs, torch.tensor(self.y))
         return score, loss

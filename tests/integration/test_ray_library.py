@@ -196,4 +196,6 @@ def test_merge_search_evaluates_every_grid_point_with_ray_tune(ray_local, splits
     for point in points:  # what each Tune trial reported is the objective of that merge, recomputed here
         assert (point.score, point.loss) == pytest.approx(objective(merge("ties", states, base, **point.params)))
     assert (points[0].score, points[0].loss) == pytest.approx(objective(base))  # scale 0 is the base
-    assert best_point(points) in points
+    best = best_point(points)
+    assert best.score == max(p.score for p in points)
+    assert best.loss == min(p.loss for p in points if p.score == best.score)

@@ -15,7 +15,7 @@ from pipelines.tuning.merge_search import SearchPoint, best_point, grid_points
 def test_validation_sums_add_up_across_ranks_to_the_whole_split():
     outputs = torch.tensor([[0.5], [2.0], [-1.0], [0.0]])
     y = torch.tensor([1.0, 2.0, -2.0, 1.0])
-    whole = REGRESSION.summarise(REGRESSION.validation_sums(outputs, y))
+    whole = REGRESSION.loss_and_score(outputs, y)
     halves = [REGRESSION.validation_sums(outputs[s], y[s]) for s in (slice(0, 1), slice(1, 4))]
     assert REGRESSION.summarise([a + b for a, b in zip(*halves, strict=True)]) == pytest.approx(whole)
     # SSE 0.25 + 0 + 1 + 1 = 2.25; mean 0.5, SST 0.25 + 2.25 + 6.25 + 0.25 = 9
