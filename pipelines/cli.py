@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import MixpipeError
+from pipelines.urls import redact
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -36,22 +37,22 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from pipelines import local_cluster
+    from pipelines.cluster import launcher
 
     if args.action == "start":
-        info = local_cluster.start(args.state_dir, args.workers, args.cpus_per_node, args.base_port)
+        info = launcher.start(args.state_dir, args.workers, args.cpus_per_node, args.base_port)
         print(f"started {len(info.nodes)} node(s): {info.address}, dashboard {info.dashboard_url}")
         print(f'to join: eval "$(mixpipe cluster env --state-dir {args.state_dir})"')
     elif args.action == "stop":
-        pids = local_cluster.stop(args.state_dir)
+        pids = launcher.stop(args.state_dir)
         print(f"stopped {len(pids)} node process(es): {' '.join(map(str, pids)) or '-'}")
     elif args.action == "status":
-        info = local_cluster.load(args.state_dir)
+        info = launcher.load(args.state_dir)
         for node in info.nodes:
-            state = "alive" if local_cluster.is_alive(node.pid) else "gone"
+            state = "alive" if launcher.is_alive(node.pid) else "gone"
             print(f"{node.name:8s} pid {node.pid:7d} {state:5s} log {node.log}")
     else:
-        info = local_cluster.load(args.state_dir)
+        info = launcher.load(args.state_dir)
         for key, value in info.env().items():
             print(f"export {key}={shlex.quote(value)}")
     return 0
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except MixpipeError as error:
-        print(f"mixpipe {args.verb}: error: {error}", file=sys.stderr)
+        print(redact(f"mixpipe {args.verb}: error: {error}"), file=sys.stderr)
         return 2
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.urls import check_no_credentials, redact
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -43,6 +44,11 @@ class DataParams(Section):
     options: dict[str, Any] = {}  # the loader's own parameters (mnist1d: num_samples; parquet: columns)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+
+    @field_validator("source")
+    @classmethod
+    def _source_holds_no_secret(cls, value: str | None) -> str | None:
+        return check_no_credentials(value)
 
     @model_validator(mode="after")
     def _fractions_leave_a_train_split(self) -> DataParams:
@@ -171,14 +177,33 @@ class EvaluateParams(Section):
 
 
 class RayParams(Section):
-    """Where Ray runs. ``RAY_ADDRESS`` in the environment wins over ``address``."""
+    """Where Ray runs, and how long a stage waits for it. ``RAY_ADDRESS`` in the environment wins
+    over ``address``.
+
+    ``connect_timeout_s`` bounds reaching a cluster. ``resource_wait_s`` is how long a stage waits
+    for a cluster to offer resources it does not have now (an autoscaling cluster adding nodes);
+    0 fails at once. A local instance has the resources it will ever have, so a request it cannot
+    hold always fails at once.
+    """
 
     address: str | None = None
     num_cpus: PositiveInt | None = None
+    connect_timeout_s: PositiveFloat = 30.0
+    resource_wait_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("address")
+    @classmethod
+    def _address_holds_no_secret(cls, value: str | None) -> str | None:
+        return check_no_credentials(value, hint="Ray's token authentication (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
 
 
 class StorageParams(Section):
     shared_uri: str | None = None
+
+    @field_validator("shared_uri")
+    @classmethod
+    def _uri_holds_no_secret(cls, value: str | None) -> str | None:
+        return check_no_credentials(value)
 
 
 class PathsParams(Section):
@@ -220,7 +245,7 @@ def _format_error(error: ValidationError, source: str) -> str:
     elif first["type"] == "missing":
         text = f"{key}: required key is missing"
     else:
-        text = f"{key} {message[0].lower()}{message[1:]}, got {first.get('input')!r}"
+        text = f"{key} {message[0].lower()}{message[1:]}, got {redact(repr(first.get('input')))}"
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     return f"{source}: {text}{more}"
 

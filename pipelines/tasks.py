@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.errors import ConfigError
+from pipelines.precision import at_least_float32
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,12 @@ class Task:
 
     def predictions(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Model outputs in the shape of the targets (regression heads are ``(N, 1)``)."""
-        return outputs.float() if self.name == "classification" else outputs.float().reshape(y.shape)
+        return at_least_float32(outputs) if self.name == "classification" else at_least_float32(outputs).reshape(y.shape)
 
     def validation_sums(self, outputs: torch.Tensor, y: torch.Tensor) -> list[float]:
         """Sums over samples that add up across ranks; :meth:`summarise` turns them into (loss, score)."""
         if self.name == "classification":
-            logits = outputs.float()
+            logits = at_least_float32(outputs)
             return [F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(-1) == y).sum().item(), float(len(y))]
         pred, target = self.predictions(outputs, y).double(), y.double()
         return [((pred - target) ** 2).sum().item(), target.sum().item(), (target**2).sum().item(), float(len(y))]

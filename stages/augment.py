@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pipelines import storage, tables
 from pipelines.augmentation import build_shards, manifest
-from pipelines.cluster import ray_session
 from pipelines.data import read_prepared
 from pipelines.errors import ConfigError
 from pipelines.evaluation.report import mixed_examples_png
 from pipelines.mixing import MixingSpec
-from stages.common import code_dir, entrypoint, params
+from stages.common import entrypoint, params, stage_ray
 
 
 @entrypoint("augment")
@@ -29,7 +28,7 @@ def main(argv: list[str]) -> None:
     method = argv[0]
     mixing = MixingSpec.from_params(p.mixing, method=method)
     train = read_prepared(p.paths.prepared, "train")
-    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
+    with stage_ray(p):
         shards = build_shards(train, mixing, p.augment.num_shards, p.seed)
     out = storage.join(p.paths.shards, method)
     for shard in shards:

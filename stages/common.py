@@ -2,35 +2,76 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from pipelines import storage
+from pipelines.cluster import RayConnection, ray_session
 from pipelines.config import Params, load_params
 from pipelines.errors import MixpipeError
+from pipelines.lifetime import exit_on_signals, watch_parent
+from pipelines.urls import redact
 
 PARAMS_FILE = "params.yaml"
+DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command it runs
 
 
 def entrypoint(stage: str) -> Callable[[Callable[[list[str]], None]], Callable[[], None]]:
-    """Wrap a stage's ``main(argv)``: a :class:`MixpipeError` becomes one line on stderr and exit 2."""
+    """Wrap a stage's ``main(argv)``.
+
+    - A :class:`MixpipeError` becomes one line on stderr and exit 2; any other error prints its
+      traceback and exits 1. Both, and every log record, have URL credentials redacted.
+    - SIGTERM/SIGHUP unwind the stage (a local Ray instance is stopped on the way out), and under
+      DVC (``DVC_STAGE`` set) the stage stops when the DVC process that started it is gone.
+    """
 
     def wrap(main: Callable[[list[str]], None]) -> Callable[[], None]:
         @functools.wraps(main)
         def run() -> None:
+            redact_log_records()
+            exit_on_signals()
+            if os.environ.get(DVC_STAGE_ENV):
+                watch_parent(f"mixpipe {stage}")
             try:
                 main(sys.argv[1:])
             except MixpipeError as error:
-                print(f"mixpipe {stage}: error: {error}", file=sys.stderr)
+                print(redact(f"mixpipe {stage}: error: {error}"), file=sys.stderr)
                 sys.exit(2)
+            except Exception:
+                print(redact(traceback.format_exc()), file=sys.stderr, end="")
+                sys.exit(1)
 
         return run
 
     return wrap
+
+
+def redact_log_records() -> None:
+    """Redact URL credentials in every log record this process creates, whichever logger."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "mixpipe_redacts", False):
+        return
+
+    def redacting(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging reports it when it is emitted
+            return record
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return record
+
+    redacting.mixpipe_redacts = True
+    logging.setLogRecordFactory(redacting)
 
 
 def params() -> Params:
@@ -61,6 +102,12 @@ def code_version(roots: tuple[str, ...] = ("pipelines", "stages"), base: Path | 
 def code_dir() -> str:
     """The checkout whose code a cluster's workers import (stages run from the repo root)."""
     return str(Path.cwd())
+
+
+def stage_ray(params: Params) -> contextlib.AbstractContextManager[RayConnection]:
+    """The stage's Ray session, as ``ray:`` in params asks (this checkout's code for a cluster's workers)."""
+    ray = params.ray
+    return ray_session(ray.address, ray.num_cpus, working_dir=code_dir(), connect_timeout_s=ray.connect_timeout_s)
 
 
 def target_scale(prepared_dir: str, task: str) -> float:

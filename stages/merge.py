@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 
 from pipelines import storage, tables
-from pipelines.cluster import ray_session
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared
 from pipelines.evaluation import HeldOutObjective, interpolation_curve, loss_barrier, score_state
@@ -37,7 +36,7 @@ from pipelines.models.checkpoints import state_dict_bytes
 from pipelines.seeding import derive_seed, torch_generator
 from pipelines.tasks import get_task
 from pipelines.tuning.merge_search import best_point, search_merge_params
-from stages.common import code_dir, code_version, entrypoint, params, run_state_uri, target_scale
+from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray, target_scale
 
 
 @entrypoint("merge")
@@ -76,7 +75,7 @@ def main(argv: list[str]) -> None:
 
     weights_hash = [storage.sha256_bytes(state_dict_bytes(s)) for s in states]
     rows, searched = [], []
-    session = ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()) if p.merge.search else nullcontext()
+    session = stage_ray(p) if p.merge.search else nullcontext()
     with session:
         for method in p.merge.methods:
             entry = MERGE_METHODS.get(method, key="merge.methods")

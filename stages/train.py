@@ -18,7 +18,6 @@ from dataclasses import replace
 from dvclive import Live
 
 from pipelines import storage, tables
-from pipelines.cluster import ray_session
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared, read_shards
 from pipelines.mixing import MixingSpec
@@ -26,7 +25,7 @@ from pipelines.models import ModelCard, save_checkpoint
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob, history_frame, run_training
-from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
+from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray
 
 LIVE_DIR = "dvclive/train"
 
@@ -57,8 +56,8 @@ def main(argv: list[str]) -> None:
         use_gpu=p.train.use_gpu,
         max_failures=p.train.max_failures,
     )
-    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
-        outcome = run_training(job, train, val)
+    with stage_ray(p) as connection:
+        outcome = run_training(replace(job, resource_wait_s=connection.resource_wait_s(p.ray.resource_wait_s)), train, val)
 
     last = outcome.history[-1]
     info = {"run": job.run_name, "epochs": last["epoch"], score: last[score],

@@ -1,4 +1,5 @@
-"""Tune: fine-tune the base model over a grid of mixing methods x alphas with Ray Tune and ASHA.
+"""Tune: fine-tune the base model over a grid of mixing methods x alphas with Ray Tune, pruned by
+synchronous successive halving (deterministic for a given seed; a killed sweep resumes).
 
 Usage:
     python -m stages.tune
@@ -16,7 +17,6 @@ import pandas as pd
 import yaml
 
 from pipelines import storage, tables
-from pipelines.cluster import ray_session
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared
 from pipelines.mixing import MixingSpec
@@ -25,7 +25,7 @@ from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob
 from pipelines.tuning import grid, run_sweep
-from stages.common import code_dir, code_version, entrypoint, params, run_state_uri
+from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray
 
 
 @entrypoint("tune")
@@ -44,7 +44,8 @@ def main(argv: list[str]) -> None:
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods})
-    with ray_session(p.ray.address, p.ray.num_cpus, working_dir=code_dir()):
+    with stage_ray(p) as connection:
+        template = replace(template, resource_wait_s=connection.resource_wait_s(p.ray.resource_wait_s))
         outcomes = run_sweep(
             template, points, train, val, experiment_name=name, grace_period=t.grace_period,
             reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,

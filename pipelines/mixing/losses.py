@@ -15,16 +15,17 @@ import torch.nn.functional as F
 from pipelines.errors import ConfigError
 from pipelines.mixing.base import MixOutput
 from pipelines.mixing.targets import pair_targets, smoothed_one_hot, soft_target_cross_entropy
+from pipelines.precision import at_least_float32
 from pipelines.registry import Registry
 
 
 def _decoupled_regulariser(logits: torch.Tensor, own: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     """Per sample ``-log softmax_{-b}(z)_a - log softmax_{-a}(z)_b`` for classes a (own), b (partner)."""
-    z = logits.float()
+    z = at_least_float32(logits)
     rows = torch.arange(len(z), device=z.device)
 
     def without(column: torch.Tensor) -> torch.Tensor:
-        return torch.logsumexp(z.index_put((rows, column), torch.tensor(float("-inf"), device=z.device)), dim=-1)
+        return torch.logsumexp(z.index_put((rows, column), torch.tensor(float("-inf"), dtype=z.dtype, device=z.device)), dim=-1)
 
     return (without(partner) - z[rows, own]) + (without(own) - z[rows, partner])
 
@@ -35,7 +36,7 @@ def decoupled_pair_loss(
 ) -> torch.Tensor:
     """:func:`decoupled_mixup_loss` from explicit label pairs."""
     target = pair_targets(y, y_partner, lam, num_classes, smoothing)
-    loss = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    loss = -(target * F.log_softmax(at_least_float32(logits), dim=-1)).sum(-1)
     if eta == 0:
         return loss.mean()
     own, partner = y.long(), y_partner.long()
@@ -69,8 +70,8 @@ def mixup_ranking_loss(mixed_logits: torch.Tensor, clean_logits: torch.Tensor, m
     A mixed sample should be less confident than the clean sample it came from, by ``margin``:
     ``mean(max(0, conf(mixed) - conf(clean) + margin))`` with ``conf`` the top softmax probability.
     """
-    confidence_mixed = F.softmax(mixed_logits.float(), dim=-1).max(-1).values
-    confidence_clean = F.softmax(clean_logits.float(), dim=-1).max(-1).values
+    confidence_mixed = F.softmax(at_least_float32(mixed_logits), dim=-1).max(-1).values
+    confidence_clean = F.softmax(at_least_float32(clean_logits), dim=-1).max(-1).values
     return F.relu(confidence_mixed - confidence_clean + margin).mean()
 
 
@@ -152,8 +153,9 @@ class MixedTargetMSE(MixedLoss):
     task: ClassVar[str] = "regression"
 
     def __call__(self, logits, y, y_partner, lam, *, num_classes, smoothing=0.0, clean_logits=None):
-        target = torch.lerp(y_partner.float(), y.float(), lam.float().reshape(-1, *([1] * (y.dim() - 1))))
-        return F.mse_loss(logits.float().reshape(target.shape), target)
+        dtype = at_least_float32(logits).dtype
+        target = torch.lerp(y_partner.to(dtype), y.to(dtype), lam.to(dtype).reshape(-1, *([1] * (y.dim() - 1))))
+        return F.mse_loss(at_least_float32(logits).reshape(target.shape), target)
 
 
 def get_loss(name: str, **options: object) -> MixedLoss:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.mixing.base import MixOutput
+from pipelines.precision import at_least_float32
 
 
 def smoothed_one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -35,4 +36,4 @@ def pair_targets(
 
 def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``-sum_k target_k * log softmax(logits)_k``."""
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return torch.sum(-target * F.log_softmax(at_least_float32(logits), dim=-1), dim=-1).mean()

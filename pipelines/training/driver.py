@@ -5,6 +5,7 @@ Callable on its own (the train stage) and from inside a Tune trial (the tune sta
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ import pandas as pd
 import torch
 
 from pipelines import tables
+from pipelines.cluster.resources import Demand, describe, ensure_feasible
+from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
-from pipelines.errors import ConfigError, DataError
+from pipelines.errors import ClusterError, ConfigError, DataError
 from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
@@ -24,15 +27,22 @@ from pipelines.training.job import TrainJob, resolve_use_gpu
 from pipelines.training.loop import train_loop_per_worker
 from pipelines.training.state import load_train_state
 
+# Ray Train's own bound on one attempt to place and start the worker group (its default is 60 s,
+# retried forever); a user's setting of the variable wins.
+WORKER_GROUP_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+WORKER_GROUP_START_S = 60.0
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    """The finished run: final weights, their card, the per-epoch history, where Ray kept it."""
+    """The finished run: final weights, their card, the per-epoch history, where Ray kept the run
+    and its last checkpoint (a path in the run storage's filesystem)."""
 
     state_dict: dict[str, torch.Tensor]
     card: ModelCard
     history: list[dict[str, Any]]
     run_path: str
+    checkpoint_path: str
 
 
 def check_fits(job: TrainJob, train: ArrayDataset) -> None:
@@ -66,22 +76,47 @@ def worker_setup(job: TrainJob, cluster_gpus: float) -> tuple[bool, dict[str, fl
     return use_gpu, resources, "nccl" if use_gpu else "gloo"
 
 
+def worker_demand(job: TrainJob, per_worker: dict[str, float]) -> Demand:
+    """The worker group ``job`` asks the cluster for, named by its params."""
+    return Demand(f"{job.params_key}.num_workers: {job.num_workers} worker(s)", per_worker, job.num_workers)
+
+
+def _startup_failure(error: Exception) -> Exception | None:
+    """The controller's reason when Train gave up starting the worker group, else None."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
+
+    reason = getattr(error, "controller_failure", None)
+    return reason if isinstance(reason, (WorkerGroupStartupTimeoutError, WorkerGroupStartupFailedError)) else None
+
+
 def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
+
+    A worker group the cluster cannot hold fails before anything waits (after up to
+    ``job.resource_wait_s`` for a cluster to grow); one that fits but does not start within
+    ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s + ``resource_wait_s``) fails with the reason,
+    instead of Ray Train's retrying forever.
 
     Args:
         job: the run; its ``run_name`` decides whether an earlier run is resumed.
         train: training split (sharded per rank inside the loop); a :class:`MixedDataset` (offline
             shards) trains on its mixed inputs and label pairs, without mixing again.
         val: validation split (evaluated every epoch, shared across ranks).
-        callbacks: Ray Train callbacks (the tune stage passes Tune's report callback).
+        callbacks: Ray Train callbacks.
+
+    Raises:
+        ClusterError: the worker group does not fit the cluster, or did not start in time.
     """
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.training.rendezvous import NodeBoundTorchConfig
 
     check_fits(job, train)
     use_gpu, per_worker, backend = worker_setup(job, ray.cluster_resources().get("GPU", 0))
+    demand = worker_demand(job, per_worker)
+    ensure_feasible(demand, job.resource_wait_s)
     arrays = {"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y}
     if isinstance(train, MixedDataset):
         arrays.update(y_partner_train=train.y_partner, lam_train=train.lam)
@@ -89,26 +124,39 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "data": data},
-        torch_config=TorchConfig(backend=backend),
+        torch_config=NodeBoundTorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
             num_workers=job.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
             name=job.run_name,
             storage_path=job.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+            # worker failures restart up to max_failures; a group that cannot start is not retried
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures, controller_failure_limit=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoints_to_keep),
             callbacks=list(callbacks),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    result = trainer.fit()
+    start_timeout = os.environ.get(WORKER_GROUP_START_ENV) or f"{WORKER_GROUP_START_S + job.resource_wait_s:g}"
+    try:
+        with scoped_env(**{WORKER_GROUP_START_ENV: start_timeout}):  # Train passes it on to its controller
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        reason = _startup_failure(error)
+        if reason is None:
+            raise
+        free = describe({k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")})
+        raise ClusterError(
+            f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
+            f"{str(reason).splitlines()[0]}); free now: {free}"
+        ) from None
     if result.checkpoint is None:
         raise RuntimeError(f"training run {job.run_name} finished without a checkpoint")
     with tempfile.TemporaryDirectory(prefix="mixpipe-final-") as directory:
         result.checkpoint.to_directory(directory)
         saved = load_train_state(directory)
-    return TrainOutcome(saved.weights, saved.card, saved.progress.history, str(result.path))
+    return TrainOutcome(saved.weights, saved.card, saved.progress.history, str(result.path), str(result.checkpoint.path))
 
 
 def history_frame(history: Sequence[dict[str, Any]], task: str = "classification") -> pd.DataFrame:

@@ -25,6 +25,14 @@ class TrainJob:
         crash_after_epoch: a fault drill: on the run's first attempt, the rank-0 worker kills its
             own process (SIGKILL) right after reporting this epoch; Ray Train then restarts the
             group from the last registered checkpoint if ``max_failures`` allows. None normally.
+        stop_after_epoch: train only up to this epoch in this call (a successive-halving rung);
+            the schedule still spans ``epochs``, and running the job again with a later stop
+            resumes from the checkpoint. None: all ``epochs``.
+        params_key: the params section the run comes from (``train``, ``tune``), for messages.
+        precision: the dtype of the model and data on the workers; ``float64`` makes equivalence
+            proofs (DDP sharding, resume) exact up to float64 rounding.
+        resource_wait_s: how long to wait for a cluster to grow to fit the worker group (0: fail
+            at once when it does not fit).
     """
 
     run_name: str
@@ -42,6 +50,15 @@ class TrainJob:
     init_weights: bytes | None = None
     checkpoints_to_keep: int = 2
     crash_after_epoch: int | None = None
+    stop_after_epoch: int | None = None
+    params_key: str = "train"
+    resource_wait_s: float = 0.0
+    precision: Literal["float32", "float64"] = "float32"
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch this call trains up to."""
+        return self.epochs if self.stop_after_epoch is None else min(self.epochs, self.stop_after_epoch)
 
 
 def resolve_use_gpu(setting: bool | str, cluster_gpus: float, num_workers: int, key: str = "train.use_gpu") -> bool:

@@ -162,14 +162,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = get_device()
 
-    x_train = torch.tensor(arrays["x_train"], device=device)
-    y_train = torch.tensor(arrays["y_train"], device=device)
-    x_val = torch.tensor(arrays["x_val"], device=device)
-    y_val = torch.tensor(arrays["y_val"], device=device)
+    precision = getattr(torch, job.precision)
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        floating = np.issubdtype(values.dtype, np.floating)
+        return torch.tensor(values, dtype=precision if floating else None, device=device)
+
+    x_train, y_train, x_val, y_val = (tensor(arrays[k]) for k in ("x_train", "y_train", "x_val", "y_val"))
 
     card = job.card
     task = get_task(card.task)
-    model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
+    model = build_model(card.model, card.input_shape, card.num_classes, card.seed).to(precision)
     if job.init_weights is not None:
         model.load_state_dict(load_safetensors(job.init_weights))
     attempt = start_attempt(job) if rank == 0 else -1  # only rank 0 records history and runs the drill
@@ -188,9 +191,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(saved.optimizer_state)
 
     mixing = StepMixing.for_job(job, arrays, device)
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and job.precision == "float32"
     history = list(progress.history)
-    for epoch in range(progress.epoch, job.epochs):
+    for epoch in range(progress.epoch, job.last_epoch):
         started = time.perf_counter()
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)

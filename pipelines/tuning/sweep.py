@@ -1,26 +1,47 @@
-"""Ray Tune over the training driver: a method x alpha grid of fine-tunes, pruned by ASHA.
+"""Ray Tune over the training driver: a method x alpha grid of fine-tunes, pruned by synchronous
+successive halving (Jamieson & Talwalkar 2016, "Non-stochastic Best Arm Identification and
+Hyperparameter Optimization"; the synchronous form of Li et al. 2020, "A System for Massively
+Parallel Hyperparameter Tuning", ASHA).
 
-Each trial is a Tune function that calls :func:`pipelines.training.run_training` (the same driver
-the train stage uses) with the trial's mixing hyperparameters; Train's reports reach Tune through
-``TuneReportCallback``, which also attaches each checkpoint's path.
+Rungs are at ``grace_period * reduction_factor**k`` epochs below ``epochs``, then ``epochs``. In
+each rung every surviving trial trains up to the rung's epoch as one Tune trial that calls
+:func:`pipelines.training.run_training` (the train stage's driver), resuming its own Ray Train run.
+Only when the whole rung has reported do the best ``max(1, n // reduction_factor)`` go on, ranked
+by score, then loss, then name. ASHA decides as reports arrive, so which trials it stopped
+depended on timing; here the same seed gives the same trials table, checkpoints and soups.
+
+Nothing of Tune's is ever restored. Tune keeps its experiment state as pickles (``tuner.pkl``,
+``experiment_state-*.json`` holding cloudpickled trials) in the run-state storage, which may be
+shared, so restoring would run whatever code anyone able to write there planted. Instead every
+trial writes its result to the sweep's ledger (JSON, one file per trial and rung) when it
+finishes a rung, and a re-run trains only what the ledger lacks, each trial's Train run
+resuming from its last checkpoint (safetensors + JSON); each rung starts a fresh Tuner.
+
+Layout under ``<storage>/<experiment>/``: ``<trial>/`` the trial's Train run, ``ledger/<trial>-eNNN.json``,
+``tune/rung-K/`` Tune's bookkeeping for rung K (rebuilt on every run).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from pipelines import storage
+from pipelines.cluster.resources import alive_node_resources, ensure_feasible, placeable
 from pipelines.data import ArrayDataset
 from pipelines.errors import MixpipeError
 from pipelines.mixing.spec import freeze
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob, run_training
+from pipelines.training.driver import worker_demand, worker_setup
 from pipelines.training.state import load_train_state
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
+LEDGER = "ledger"
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,41 @@ def grid(
     return [TrialPoint(f"t{i:02d}-{m}-a{a:g}", m, float(a), options.get(m, ())) for i, (m, a) in enumerate(points)]
 
 
+def rung_epochs(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """The epochs at which trials are compared: ``grace * eta**k`` below ``epochs``, then ``epochs``."""
+    if not 1 <= grace_period <= epochs or reduction_factor < 2:
+        raise ValueError(f"need 1 <= grace_period <= epochs and reduction_factor >= 2, got "
+                         f"{grace_period}, {epochs}, {reduction_factor}")
+    rungs, epoch = [], grace_period
+    while epoch < epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return [*rungs, epochs]
+
+
+@dataclass(frozen=True)
+class RungResult:
+    """What a trial reported at the end of a rung (one ledger file)."""
+
+    trial: str
+    epochs: int
+    val_score: float
+    val_loss: float
+    checkpoint_path: str
+
+    def rank_key(self) -> tuple[float, float, str]:
+        """Best first: highest score, then lowest loss, then name; NaN ranks last."""
+        score = -self.val_score if math.isfinite(self.val_score) else math.inf
+        loss = self.val_loss if math.isfinite(self.val_loss) else math.inf
+        return score, loss, self.trial
+
+
+def survivors(results: list[RungResult], reduction_factor: int) -> list[str]:
+    """The trials that go on to the next rung: the best ``max(1, n // reduction_factor)``."""
+    keep = max(1, len(results) // reduction_factor)
+    return [r.trial for r in sorted(results, key=RungResult.rank_key)[:keep]]
+
+
 @dataclass(frozen=True)
 class TrialOutcome:
     """A finished trial; ``val_score`` is its last epoch's task score (accuracy, or R² for regression)."""
@@ -62,30 +118,85 @@ class TrialOutcome:
     weights: dict[str, Any]
 
 
-def trial_job(template: TrainJob, point: TrialPoint) -> TrainJob:
-    """The template with this trial's mixing, its own seed and its own (stable) run name."""
+def trial_job(template: TrainJob, point: TrialPoint, sweep_path: str, stop_after_epoch: int | None = None) -> TrainJob:
+    """The template with this trial's mixing, its own seed, and its own Train run ``<sweep_path>/<trial>``,
+    trained up to ``stop_after_epoch`` in this call."""
     return replace(
         template,
-        run_name=f"{template.run_name}-{point.name}",
+        run_name=point.name,
+        storage_path=sweep_path,
         seed=derive_seed(template.seed, "trial", point.name),
         mixing=replace(template.mixing, method=point.method, alpha=point.alpha, options=point.options),
+        stop_after_epoch=stop_after_epoch,
+        params_key="tune",
     )
 
 
-def _run_trial(config: dict[str, Any], template: TrainJob, train: ArrayDataset, val: ArrayDataset) -> None:
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    point = TrialPoint(**config["point"])
-    run_training(trial_job(template, point), train, val, callbacks=[TuneReportCallback()])
+def ledger_file(sweep_path: str, trial: str, epochs: int) -> str:
+    return storage.join(sweep_path, LEDGER, f"{trial}-e{epochs:03d}.json")
 
 
-def _storage_filesystem(storage_path: str):
-    import pyarrow.fs
+def read_rung_result(url: str) -> RungResult | None:
+    """A ledger entry, or None if there is none (a trial not yet run to that rung)."""
+    fs, path = storage.filesystem(url)
+    if not fs.exists(path):
+        return None
+    raw = storage.read_json(url)
+    try:
+        return RungResult(str(raw["trial"]), int(raw["epochs"]), float(raw["val_score"]), float(raw["val_loss"]),
+                          str(raw["checkpoint_path"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise MixpipeError(f"tune: {url} is not a sweep ledger entry ({error!r}); delete it to re-run that trial") from None
 
-    if "://" in storage_path:
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
-        return filesystem
-    return pyarrow.fs.LocalFileSystem()
+
+def _run_trial(config: dict[str, Any], template: TrainJob, sweep_path: str, train: ArrayDataset, val: ArrayDataset) -> None:
+    from ray import tune
+
+    point, epochs = TrialPoint(**config["point"]), int(config["epochs"])
+    outcome = run_training(trial_job(template, point, sweep_path, epochs), train, val)
+    last = outcome.history[-1]
+    result = RungResult(point.name, int(last["epoch"]), float(last[get_task(template.card.task).score_column]),
+                        float(last["val_loss"]), outcome.checkpoint_path)
+    if result.epochs != epochs:
+        raise MixpipeError(f"tune: trial {point.name} stopped at epoch {result.epochs}, not at its rung's {epochs}")
+    storage.write_json(ledger_file(sweep_path, point.name, epochs), asdict(result))
+    tune.report({"val_score": result.val_score, "val_loss": result.val_loss, "epochs": result.epochs})
+
+
+def _concurrency(template: TrainJob, wanted: int) -> int:
+    """Trials at once: as many as asked, but no more worker groups than the cluster holds together
+    (a trial whose Train run cannot start would time out instead of queueing)."""
+    import ray
+
+    _, per_worker, _ = worker_setup(template, ray.cluster_resources().get("GPU", 0))
+    ensure_feasible(worker_demand(template, per_worker), template.resource_wait_s)
+    groups = placeable(per_worker, alive_node_resources()) // template.num_workers
+    return max(1, min(wanted, groups))
+
+
+def _run_rung(
+    template: TrainJob, sweep_path: str, points: list[TrialPoint], epochs: int, rung: int,
+    train: ArrayDataset, val: ArrayDataset, max_concurrent_trials: int,
+) -> None:
+    from ray import tune
+
+    tune_path = storage.join(sweep_path, "tune")
+    fs, stale = storage.filesystem(storage.join(tune_path, f"rung-{rung}"))
+    if fs.exists(stale):
+        fs.rm(stale, recursive=True)  # a killed run's bookkeeping: never read, so never restored
+    trainable = tune.with_parameters(_run_trial, template=template, sweep_path=sweep_path, train=train, val=val)
+    # A trial only drives its Train run: the Train workers hold the CPUs. The trial reserves a
+    # little memory instead, because Tune refuses a request with no resources at all.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"point": tune.grid_search([asdict(p) for p in points]), "epochs": epochs},
+        tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(template, max_concurrent_trials)),
+        run_config=tune.RunConfig(name=f"rung-{rung}", storage_path=tune_path, verbose=0),
+    )
+    for result in tuner.fit():
+        if result.error is not None:
+            raise MixpipeError(f"tune: trial {result.config['point']['name']} failed: {result.error}")
 
 
 def run_sweep(
@@ -99,65 +210,58 @@ def run_sweep(
     reduction_factor: int,
     max_concurrent_trials: int,
 ) -> list[TrialOutcome]:
-    """Run one fine-tune per grid point under ASHA and return every trial's last checkpoint.
+    """Fine-tune every grid point under synchronous successive halving; return each trial's last
+    checkpoint (trials stopped at a rung keep the checkpoint of that rung).
 
-    Trials stopped early by ASHA keep the checkpoint of their last epoch. An interrupted sweep
-    with the same ``experiment_name`` and storage is restored rather than restarted.
+    An interrupted sweep with the same ``experiment_name`` and storage keeps its finished trials
+    (the ledger) and resumes the unfinished ones from their checkpoints.
 
     Raises:
-        MixpipeError: a trial failed, or reported no checkpoint.
+        MixpipeError: a trial failed, or the ledger lacks a trial the rung ran.
     """
     import ray.train
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_parameters(_run_trial, template=template, train=train, val=val)
-    # A trial only drives its Train run: the Train workers hold the CPUs. The trial reserves a
-    # little memory instead, because Tune refuses a request with no resources at all.
-    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
-    path = f"{template.storage_path.rstrip('/')}/{experiment_name}"
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"point": tune.grid_search([vars(p) for p in points])},
-            tune_config=tune.TuneConfig(
-                metric=get_task(template.card.task).score_column,
-                mode="max",
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    max_t=template.epochs,
-                    grace_period=grace_period,
-                    reduction_factor=reduction_factor,
-                ),
-                max_concurrent_trials=max_concurrent_trials,
-            ),
-            run_config=tune.RunConfig(name=experiment_name, storage_path=template.storage_path, verbose=1),
-        )
-    results = tuner.fit()
+    sweep_path = storage.join(template.storage_path, experiment_name)
+    final: dict[str, RungResult] = {}
+    active = list(points)
+    for rung, epochs in enumerate(rung_epochs(template.epochs, grace_period, reduction_factor)):
+        todo = [p for p in active if read_rung_result(ledger_file(sweep_path, p.name, epochs)) is None]
+        if todo:
+            _run_rung(template, sweep_path, todo, epochs, rung, train, val, max_concurrent_trials)
+        results = []
+        for point in active:
+            result = read_rung_result(ledger_file(sweep_path, point.name, epochs))
+            if result is None:
+                raise MixpipeError(f"tune: trial {point.name} finished rung {rung} without a ledger entry")
+            results.append(result)
+            final[point.name] = result
+        kept = set(survivors(results, reduction_factor))
+        last = epochs == template.epochs
+        print(f"tune: rung {rung + 1} (epoch {epochs}): {len(results)} trial(s), {len(results) - len(todo)} from the "
+              f"ledger" + ("" if last else f"; going on: {', '.join(sorted(kept))}"), flush=True)
+        active = [p for p in active if p.name in kept]
+
     filesystem = _storage_filesystem(template.storage_path)
+    score_column = get_task(template.card.task).score_column
     outcomes = []
-    for result in results:
-        point = TrialPoint(**result.config["point"])
-        if result.error is not None:
-            raise MixpipeError(f"tune: trial {point.name} failed: {result.error}")
-        metrics = result.metrics or {}
-        checkpoint_path = metrics.get("checkpoint_path")
-        if not checkpoint_path:
-            raise MixpipeError(f"tune: trial {point.name} reported no checkpoint")
+    for point in points:
+        result = final[point.name]
         with tempfile.TemporaryDirectory(prefix="mixpipe-trial-") as directory:
-            ray.train.Checkpoint(checkpoint_path, filesystem=filesystem).to_directory(directory)
+            ray.train.Checkpoint(result.checkpoint_path, filesystem=filesystem).to_directory(directory)
             saved = load_train_state(directory)
         last = saved.progress.history[-1]
-        outcomes.append(
-            TrialOutcome(
-                point=point,
-                epochs_run=int(last["epoch"]),
-                val_score=float(last[get_task(template.card.task).score_column]),
-                val_loss=float(last["val_loss"]),
-                checkpoint_path=str(checkpoint_path),
-                weights=saved.weights,
-            )
-        )
-    return sorted(outcomes, key=lambda o: o.point.name)
+        if int(last["epoch"]) != result.epochs or float(last[score_column]) != result.val_score:
+            raise MixpipeError(f"tune: the checkpoint of trial {point.name} at {result.checkpoint_path} does not match "
+                               f"its ledger entry (epoch {last['epoch']} vs {result.epochs})")
+        outcomes.append(TrialOutcome(point, result.epochs, result.val_score, result.val_loss,
+                                     result.checkpoint_path, saved.weights))
+    return outcomes
+
+
+def _storage_filesystem(storage_path: str):
+    import pyarrow.fs
+
+    if "://" in storage_path:
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
+        return filesystem
+    return pyarrow.fs.LocalFileSystem()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -17,7 +20,8 @@ BIN = Path(sys.executable).parent
 TINY_PARAMS = {
     "augment": {"num_shards": 2},
     "train": {"epochs": 2, "batch_size": 32, "num_workers": 2},
-    "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 2, "grace_period": 1,
+    # one rung: rungs and their continuation are the library tests' (test_ray_library, test_cluster)
+    "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 1, "grace_period": 1,
              "max_concurrent_trials": 2},
     "merge": {"search": {"task_arithmetic": {"scale": [0.5]}, "ties": {"density": [0.2, 0.5], "scale": [1.0]}}},
 }
@@ -59,14 +63,87 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *identity, *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def run(
-    cwd: Path, *command: str, env: dict | None = None, timeout: float = 900, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run a command with the venv first on PATH; with ``check``, fail with its output if it fails."""
-    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
+def environment(env: dict | None = None) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+
+
+def check_finished(command: tuple[str, ...], result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    if result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def run(
+    cwd: Path, *command: str, env: dict | None = None, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command with the venv first on PATH; with ``check``, fail with its output if it fails."""
+    result = subprocess.run(command, cwd=cwd, env=environment(env), capture_output=True, text=True, timeout=timeout)
+    return check_finished(command, result) if check else result
+
+
+def start(cwd: Path, *command: str, env: dict | None = None) -> subprocess.Popen:
+    """Start a command (venv first on PATH) in the background, its output going to temporary files
+    (a pipe nobody reads while waiting on something else would stall it)."""
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(command, cwd=cwd, env=environment(env), stdout=out, stderr=err, text=True)
+    process.outputs = (out, err)
+    return process
+
+
+def finish(process: subprocess.Popen, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Wait for a :func:`start` ed command; with ``check``, fail with its output if it failed."""
+    process.wait(timeout=timeout)
+    texts = []
+    for handle in process.outputs:
+        handle.seek(0)
+        texts.append(handle.read())
+        handle.close()
+    result = subprocess.CompletedProcess(process.args, process.returncode, *texts)
+    return check_finished(tuple(process.args), result) if check else result
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still run (zombies do not)."""
+    from pipelines.lifetime import process_stat
+
+    return [pid for pid in pids if (stat := process_stat(pid)) is not None and stat.running]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL exactly these processes (ours: recorded as descendants of a process we started)."""
+    for pid in running(pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import local_cluster, tables
+from pipelines import tables
+from pipelines.cluster import launcher as local_cluster
 
 from .helpers import REPO, make_workspace, run
 
@@ -79,12 +80,12 @@ def test_ray_stages_run_on_both_nodes(cluster, tmp_path):
     run(workspace, sys.executable, "-m", "stages.tune", env=env)
     trials = tables.read_table(str(workspace / "results/trials.parquet"), "trials")
     assert trials["trial"].tolist() == ["t00-mixup-a0.2", "t01-mixup-a1"]
-    # run state went where the stage said (not ~/ray_results): the train run, the Tune experiment
-    # and one inner Train run per trial
+    # run state went where the stage said (not ~/ray_results): the train run, and the sweep with one
+    # Train run per trial, its ledger and Tune's bookkeeping
     runs = sorted(p.name for p in (workspace / ".mixpipe/ray").iterdir())
-    assert [name.split("-")[0] for name in runs] == ["train", "tune", "tune", "tune"]
-    sweep = runs[1]
-    assert runs[2:] == [f"{sweep}-t00-mixup-a0.2", f"{sweep}-t01-mixup-a1"]
+    assert [name.split("-")[0] for name in runs] == ["train", "tune"]
+    sweep = workspace / ".mixpipe/ray" / runs[1]
+    assert sorted(p.name for p in sweep.iterdir()) == ["ledger", "t00-mixup-a0.2", "t01-mixup-a1", "tune"]
 
 
 def test_submit_runs_a_job_with_the_code_and_reports_its_status(cluster, tmp_path):

@@ -1,8 +1,17 @@
-"""The library's Ray paths against one local Ray instance shared by the module."""
+"""The library's Ray paths against one local Ray instance shared by the module.
+
+A second Ray instance runs on this machine for the whole module (as a user's own run would beside
+CI's): Ray's helpers that look for "the" instance without an address must never be reached.
+"""
 
 from __future__ import annotations
 
+import os
+import pickle
 import tempfile
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +30,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def other_instance():
+    """Another local Ray instance on this machine, started and stopped by PID (cluster/'s launcher)."""
+    from pipelines.cluster import launcher
+
+    state = Path(tempfile.mkdtemp(prefix="mp-other-", dir="/tmp"))  # short: Ray's socket paths are limited
+    info = launcher.start(state, workers=0, cpus_per_node=1, base_port=46700)
+    yield info
+    launcher.stop(state)
+
+
+@pytest.fixture(scope="module")
+def ray_local(other_instance):
     with ray_session(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp")) as connection:
         yield connection
 
@@ -42,11 +62,24 @@ def job(storage, name, **changes):
     return TrainJob(**{**settings, **changes})
 
 
-def test_local_instance_is_loopback_only(ray_local):
+def test_local_instance_is_loopback_only_and_every_process_knows_its_address(ray_local, other_instance):
     import ray
+    from ray.util.state import list_nodes
 
     assert ray_local.started_local and ray_local.cpus == 2 and ray_local.nodes == 1
     assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    assert ray_local.address != other_instance.address and os.environ["RAY_ADDRESS"] == ray_local.address
+
+    @ray.remote(num_cpus=0)
+    def nested_state_query() -> tuple[str | None, int]:
+        # what Train V2's placement-group cleaner does: the state API without an address
+        return os.environ.get("RAY_ADDRESS"), len(list_nodes())
+
+    @ray.remote(num_cpus=0)
+    def spawn() -> tuple[str | None, int]:
+        return ray.get(nested_state_query.remote())  # a task's task inherits the job's environment
+
+    assert ray.get(spawn.remote()) == (ray_local.address, 1)
 
 
 def test_shard_tasks_write_what_the_direct_path_writes(ray_local, splits):
@@ -60,24 +93,118 @@ def test_shard_tasks_write_what_the_direct_path_writes(ray_local, splits):
         assert shard.data == mix_shard(part, spec, shard.seed)
 
 
-def test_two_workers_at_b_match_one_worker_at_2b(ray_local, splits, tmp_path):
-    """Same seed, same data order, mixing off: only float32 summation order differs.
+def listening_sockets() -> set[tuple[str, int, str]]:
+    """(address, port, owner command line) of every TCP socket listening on this machine."""
+    import ipaddress
 
-    At a moderate learning rate the trajectories agree to ~1e-6 (measured); a large one makes
-    training chaotic enough to amplify rounding, which is not what this test is about.
+    owners = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = cmdline
+        except OSError:
+            continue  # gone, or not ours to read
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_address, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_address)
+            # /proc prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.ip_address(packed)
+            if address.version == 6 and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            found.add((str(address), int(hex_port, 16), owners.get(fields[9], "?")))
+    return found
+
+
+def test_two_workers_at_b_match_one_worker_at_2b_and_listen_only_on_the_node_address(ray_local, splits, tmp_path):
+    """DDP equivalence, computed in float64: same seed, same data order, mixing off, so 2 workers at
+    batch b and 1 worker at 2b differ only in the order the batch's gradient is summed.
+
+    Tolerance: float64 rounding (u = 1.1e-16) is 2**29 times float32's; in float32 this comparison
+    differed by up to 1.6e-5 relative after 2 epochs (rounding amplified ~270x by training), which
+    in float64 scales to ~3e-14. 1e-10 leaves four orders of margin above that and is eight below a
+    real sharding or averaging bug (~1e-2, e.g. a worker skipping half its batch).
+
+    While the 2-worker run trains, every listening socket on the machine is sampled: the workers'
+    (the torch rendezvous store, gloo's pairs) must be on the node's address, 127.0.0.1, never a
+    wildcard.
     """
     train, val = splits
-    settings = {"mixing": MixingSpec("none"), "optim": OptimParams(lr=0.02, warmup_epochs=0)}
-    two = run_training(job(tmp_path, "ddp2", batch_size=16, num_workers=2, **settings), train, val)
+    settings = {"mixing": MixingSpec("none"), "optim": OptimParams(lr=0.02, warmup_epochs=0), "precision": "float64"}
+    seen, done = set(), threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.update(listening_sockets())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        two = run_training(job(tmp_path, "ddp2", batch_size=16, num_workers=2, **settings), train, val)
+    finally:
+        done.set()
+        sampler.join()
     one = run_training(job(tmp_path, "ddp1", batch_size=32, num_workers=1, **settings), train, val)
     assert [r["world_size"] for r in two.history] == [2, 2] and [r["world_size"] for r in one.history] == [1, 1]
     for a, b in zip(two.history, one.history, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-    # Weights drift a little further than losses: a rounding-level difference can flip which input
-    # wins a max-pool, routing that gradient elsewhere. A real sharding or averaging bug shows at ~1e-2.
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-10, abs=0)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-10, abs=0)
     for key, tensor in one.state_dict.items():
-        torch.testing.assert_close(two.state_dict[key], tensor, rtol=0, atol=1e-4)
+        assert tensor.dtype == torch.float64
+        torch.testing.assert_close(two.state_dict[key], tensor, rtol=1e-10, atol=1e-12)
+
+    workers = {(address, port) for address, port, owner in seen if "RayTrainWorker" in owner}
+    assert workers, "no listening socket of a training worker was sampled"
+    assert {address for address, _ in workers} == {"127.0.0.1"}
+    assert {address for address, _, _ in seen} <= {"127.0.0.1", "::1"}, sorted(seen)
+
+
+def test_an_infeasible_worker_group_fails_at_once_in_one_line(ray_local, splits, tmp_path):
+    from pipelines.errors import ClusterError
+
+    train, val = splits
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as caught:
+        run_training(job(tmp_path, "huge", batch_size=4, num_workers=64), train, val)
+    assert time.monotonic() - started < 10
+    assert str(caught.value) == (
+        "train.num_workers: 64 worker(s) x {CPU: 1} = {CPU: 64} does not fit: the cluster has {CPU: 2} on 1 node(s), "
+        "room for 2 (lower the request, or on an autoscaling cluster set ray.resource_wait_s)"
+    )
+
+
+def test_a_worker_group_that_cannot_start_fails_with_the_reason(ray_local, splits, tmp_path, monkeypatch):
+    """The request fits the cluster, but something else holds every CPU: Ray Train would retry the
+    start forever; here it fails after one start timeout, saying why and what is free."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from pipelines.errors import ClusterError
+
+    train, val = splits
+    hold = placement_group([{"CPU": 2}])  # all of the instance's CPUs, taken by someone else
+    ray.get(hold.ready(), timeout=60)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ClusterError) as caught:
+            run_training(job(tmp_path, "blocked", num_workers=1), train, val)
+        assert time.monotonic() - started < 60
+    finally:
+        remove_placement_group(hold)
+    message = str(caught.value)
+    assert message.startswith("train.num_workers: 1 worker(s) x {CPU: 1} = {CPU: 1}: the worker group did not start "
+                              "within 3s (WorkerGroupStartupTimeoutError: ")
+    assert message.endswith("; free now: {CPU: 0}") and "\n" not in message
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_a_stopped_run_resumes_exactly(ray_local, splits, tmp_path):
@@ -86,17 +213,13 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_a_stopped_run_resu
     With ``max_failures=1`` Ray Train restarts the group from the last checkpoint; with 0 the run
     stops, and running it again under the same name resumes it. All randomness is derived from
     (seed, rank, epoch, step) and the optimizer state is checkpointed, so both end on exactly the
-    weights of an uninterrupted run (so independent runs of the same job are deterministic), and a
-    finished run asked for again returns its checkpoint without training.
+    weights of an uninterrupted run (so independent runs of the same job are deterministic).
     """
     import ray.train
 
     train, val = splits
     full = run_training(job(tmp_path, "full", epochs=3), train, val)
     assert {r["world_size"] for r in full.history} == {2} and full.history[-1]["val_accuracy"] > 0.5
-    again = run_training(job(tmp_path, "full", epochs=3), train, val)
-    assert again.history == full.history
-    assert all(torch.equal(t, again.state_dict[k]) for k, t in full.state_dict.items())
     killed = run_training(job(tmp_path, "killed", epochs=3, max_failures=1, crash_after_epoch=2), train, val)
     epochs = [r["epoch"] for r in killed.history]
     attempts = [r["attempt"] for r in killed.history]
@@ -139,21 +262,58 @@ def test_training_from_written_shards(ray_local, splits, tmp_path):
     assert outcome.history[-1]["val_accuracy"] > 0.5
 
 
-def test_sweep_runs_every_grid_point_and_keeps_checkpoints(ray_local, splits, tmp_path):
-    train, val = splits
-    base = run_training(job(tmp_path, "base", epochs=1), train, val)
-    from pipelines.models.checkpoints import state_dict_bytes
+class _Planted:
+    """Pickles to a call that leaves a marker file: what an attacker would plant as tuner.pkl."""
 
-    template = job(tmp_path, "sweep", num_workers=1, epochs=2, init_weights=state_dict_bytes(base.state_dict))
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "planted code ran"))
+
+
+def test_sweep_halves_synchronously_keeps_checkpoints_and_never_unpickles_run_state(ray_local, splits, tmp_path):
+    """Two trials, rungs at epochs 1 and 2, reduction 2: one goes on, ranked on the whole rung, and
+    its second rung resumes its Train run from the first rung's checkpoint.
+
+    Tune's restore would unpickle ``tuner.pkl`` from the run storage; pickles planted wherever Tune
+    (old or new layout) keeps its experiment state must run nothing.
+    """
+    from pipelines.models import build_model
+    from pipelines.models.checkpoints import state_dict_bytes
+    from pipelines.tuning.sweep import ledger_file, read_rung_result, survivors
+
+    train, val = splits
+    base = build_model("cnn", (1, 8, 8), 10, seed=1).state_dict()  # what the trials fine-tune
+    marker = tmp_path / "marker"
+    for folder in ("sweep", "sweep/tune/rung-0", "sweep/tune/rung-1"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        for name in ("tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "trainable.pkl"):
+            (tmp_path / folder / name).write_bytes(pickle.dumps(_Planted(str(marker))))
+    template = job(tmp_path, "sweep", num_workers=1, epochs=2, init_weights=state_dict_bytes(base))
     points = grid(["mixup", "cutmix"], [0.5])
     outcomes = run_sweep(template, points, train, val, experiment_name="sweep", grace_period=1,
                          reduction_factor=2, max_concurrent_trials=2)
+    assert not marker.exists()
     assert [o.point for o in outcomes] == points
-    for outcome in outcomes:
-        assert outcome.epochs_run in (1, 2)
+    sweep = str(tmp_path / "sweep")
+    rung0 = [read_rung_result(ledger_file(sweep, p.name, 1)) for p in points]
+    [kept] = survivors(rung0, 2)
+    assert [o.epochs_run for o in outcomes] == [2 if p.name == kept else 1 for p in points]
+    assert len(os.listdir(tmp_path / "sweep" / kept / "mixpipe-attempts")) == 2  # rung 2 resumed its Train run
+    for outcome, first in zip(outcomes, rung0, strict=True):
         assert 0 <= outcome.val_score <= 1
-        assert outcome.weights.keys() == base.state_dict.keys()
-        assert not all(torch.equal(outcome.weights[k], base.state_dict[k]) for k in base.state_dict)
+        assert outcome.weights.keys() == base.keys()
+        assert not all(torch.equal(outcome.weights[k], base[k]) for k in base)
+        if outcome.point.name != kept:  # a stopped trial keeps its rung's checkpoint and score
+            assert (outcome.val_score, outcome.val_loss) == (first.val_score, first.val_loss)
+    # run again: everything comes from the ledger and the checkpoints, nothing trains
+    started = time.monotonic()
+    again = run_sweep(template, points, train, val, experiment_name="sweep", grace_period=1,
+                      reduction_factor=2, max_concurrent_trials=2)
+    assert time.monotonic() - started < 5
+    assert [(o.point, o.epochs_run, o.val_score) for o in again] == [(o.point, o.epochs_run, o.val_score) for o in outcomes]
+    assert all(torch.equal(a.weights[k], b.weights[k]) for a, b in zip(again, outcomes, strict=True) for k in a.weights)
 
 
 def test_regression_trains_with_cmixup_under_ddp_and_reports_r2(ray_local, tmp_path):

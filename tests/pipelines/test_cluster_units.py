@@ -1,9 +1,16 @@
 """Cluster plumbing that needs no running Ray."""
 
+import re
+import socket
+import stat
+import time
+
 import pytest
 from pathspec import PathSpec
 
-from pipelines import cluster, local_cluster
+from pipelines import cluster
+from pipelines.cluster import launcher as local_cluster
+from pipelines.cluster.network import free_port
 from pipelines.errors import ClusterError
 
 
@@ -13,6 +20,45 @@ def test_address_precedence(monkeypatch):
     assert cluster.resolve_address("10.0.0.5:6379") == "10.0.0.5:6379"
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:46300")
     assert cluster.resolve_address("10.0.0.5:6379") == "127.0.0.1:46300"
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("ray://head:10001", "Ray Client (ray://) cannot run Ray Train or Tune drivers; use the dashboard address"),
+        ("http://head:8265", "a Jobs API (dashboard) address"),
+        ("redis://head:6379", "not a Ray address"),
+    ],
+)
+def test_addresses_a_stage_cannot_join_are_refused_in_one_line(monkeypatch, address, message):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ClusterError, match=re.escape(message)) as caught:
+        cluster.resolve_address(address)
+    assert str(caught.value).startswith(f"ray.address {address}: ") and "\n" not in str(caught.value)
+
+
+def test_a_closed_port_fails_at_once():
+    port = free_port()
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"could not reach Ray at 127.0.0.1:{port} within 5s"):
+        cluster.probe_gcs(f"127.0.0.1:{port}", timeout_s=5)
+    assert time.monotonic() - started < 5
+
+
+def test_a_port_that_is_not_a_gcs_fails_within_the_timeout(monkeypatch, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("0" * 64)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ClusterError, match=f"no Ray GCS answered at {address} within 2s"):
+            cluster.probe_gcs(address, timeout_s=2)
+        # the TCP connect is instant here, so the whole wait is the GCS probe's 2 s (plus thread start)
+        assert time.monotonic() - started < 4
 
 
 def test_token_auth_cannot_be_turned_off(monkeypatch):
@@ -57,6 +103,27 @@ def test_local_cluster_nodes_get_disjoint_loopback_ports(tmp_path):
     assert f"--temp-dir={tmp_path / 'w1'}" in worker and "--address=127.0.0.1:46300" in worker
 
 
+def test_a_missing_token_is_made_private_and_a_readable_one_is_narrowed(monkeypatch, tmp_path, capsys):
+    from pipelines.cluster.auth import ensure_private_token
+
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ensure_private_token(create=False) == tmp_path / ".ray" / "auth_token"  # joining: nothing made up
+    assert not (tmp_path / ".ray").exists()
+    path = ensure_private_token(create=True)
+    assert path == tmp_path / ".ray" / "auth_token" and len(path.read_text()) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    token = path.read_text()
+    assert ensure_private_token(create=True) == path and path.read_text() == token  # kept, not regenerated
+    path.chmod(0o644)  # what Ray's own generator leaves with the usual umask
+    ensure_private_token(create=False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "was readable by other users; it is now 0600" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "inline")
+    assert ensure_private_token(create=True) is None
+
+
 def test_stop_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(ClusterError, match="no cluster state"):
         local_cluster.stop(tmp_path)
@@ -68,10 +135,68 @@ def test_loopback_switch_is_read_at_import_and_not_inherited(repo_root):
 
     probe = (
         "import os, sys\n"
-        "from pipelines.cluster import _import_ray_for_local_start\n"
+        "from pipelines.cluster.session import _import_ray_for_local_start\n"
         "_import_ray_for_local_start()\n"
         "from ray._private import ray_constants\n"
         "print(ray_constants.ENABLE_RAY_CLUSTER, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "None"], out.stderr
+
+
+def test_identical_bundles_are_counted_per_node_in_ray_fixed_point():
+    from pipelines.cluster import placeable
+
+    assert placeable({"CPU": 1}, [{"CPU": 2}]) == 2
+    assert placeable({"CPU": 0.1}, [{"CPU": 0.3}]) == 3  # 0.3 / 0.1 is 2.999... in floats
+    # a GPU bundle fits only where GPUs are; CPUs on a GPU-less node do not help
+    assert placeable({"CPU": 1, "GPU": 1}, [{"CPU": 8, "GPU": 2}, {"CPU": 16}]) == 2
+    # two 1.5-CPU workers do not fit two 2-CPU nodes' 4 CPUs as one pool would suggest... they do, one per node
+    assert placeable({"CPU": 1.5}, [{"CPU": 2}, {"CPU": 2}]) == 2
+    assert placeable({"CPU": 3}, [{"CPU": 2}, {"CPU": 2}]) == 0
+    with pytest.raises(ValueError, match="must ask for some resource"):
+        placeable({"CPU": 0}, [{"CPU": 2}])
+
+
+def test_an_infeasible_demand_fails_at_once_in_one_line():
+    from pipelines.cluster import Demand, ensure_feasible
+
+    demand = Demand("train.num_workers: 64 worker(s)", {"CPU": 1.0}, 64)
+    waits = []
+    with pytest.raises(ClusterError) as caught:
+        ensure_feasible(demand, 0, nodes=lambda: [{"CPU": 2.0, "memory": 8e9}], sleep=waits.append)
+    assert str(caught.value) == (
+        "train.num_workers: 64 worker(s) x {CPU: 1} = {CPU: 64} does not fit: the cluster has {CPU: 2} on 1 node(s), "
+        "room for 2 (lower the request, or on an autoscaling cluster set ray.resource_wait_s)"
+    )
+    assert waits == []
+    assert ensure_feasible(Demand("tune.num_workers: 1 worker(s)", {"CPU": 1.0}), nodes=lambda: [{"CPU": 2.0}]) == 2
+
+
+def test_a_growing_cluster_is_waited_for_once_with_the_demand_and_only_up_to_the_deadline(capsys):
+    from pipelines.cluster import Demand, ensure_feasible
+
+    demand = Demand("train.num_workers: 2 worker(s)", {"CPU": 1.0, "GPU": 1.0}, 2)
+    now = [0.0]
+    sizes = iter([[{"CPU": 4.0}], [{"CPU": 4.0}], [{"CPU": 4.0}, {"CPU": 8.0, "GPU": 1.0}], [{"CPU": 4.0}, {"CPU": 8.0, "GPU": 2.0}]])
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    room = ensure_feasible(demand, 600, nodes=lambda: next(sizes), clock=lambda: now[0], sleep=sleep, poll_s=5)
+    assert room == 2 and now[0] == 15
+    err = capsys.readouterr().err
+    assert err.count("waiting up to 600s for the cluster to offer train.num_workers: 2 worker(s) x {CPU: 1, GPU: 1}") == 1
+    never = iter(lambda: [{"CPU": 4.0}], None)
+    now[0] = 0.0
+    with pytest.raises(ClusterError, match=r"does not fit after waiting 30s: the cluster has \{CPU: 4\} on 1 node\(s\), room for 0$"):
+        ensure_feasible(demand, 30, nodes=lambda: next(never), clock=lambda: now[0], sleep=sleep, poll_s=5)
+    assert now[0] == 30
+
+
+def test_the_rendezvous_interface_is_the_one_holding_the_node_address():
+    from pipelines.cluster.network import interface_for
+
+    assert interface_for("127.0.0.1") == "lo"
+    assert interface_for("203.0.113.7") is None  # an address no interface here holds (TEST-NET-3)
+    assert interface_for("not an address") is None

@@ -20,6 +20,7 @@ from pipelines.mixing import (
 from pipelines.mixing.boxes import box_masks, box_sides, box_volumes, uniform_centres
 from pipelines.mixing.sampling import beta_sample
 from pipelines.seeding import torch_generator
+from rounding import U32, assert_within, lerp_bound
 
 
 def batch(b=16, shape=(3, 8, 8), seed=0):
@@ -71,8 +72,8 @@ def test_prob_zero_leaves_every_sample_alone(name):
 def test_mixup_is_the_convex_combination():
     x, y = batch(9)
     out = mix("mixup", x, y, generator=torch_generator(4), alpha=0.4)
-    lam = out.lam.view(-1, 1, 1, 1)
-    assert torch.allclose(out.x, x * lam + x[out.index] * (1 - lam), rtol=0, atol=1e-6)
+    lam, partner = out.lam.view(-1, 1, 1, 1).double(), x[out.index]
+    assert_within(out.x, lam * x.double() + (1 - lam) * partner.double(), lerp_bound(x, partner))
 
 
 def test_interpolation_is_exact_at_the_ends():
@@ -81,7 +82,7 @@ def test_interpolation_is_exact_at_the_ends():
     x, partner = torch.randn(3, 2, 5, generator=torch_generator(0)), torch.randn(3, 2, 5, generator=torch_generator(1))
     out = interpolate(x, partner.clone(), torch.tensor([1.0, 0.0, 0.25]))
     assert torch.equal(out[0], x[0]) and torch.equal(out[1], partner[1])
-    assert torch.allclose(out[2], 0.25 * x[2] + 0.75 * partner[2], rtol=0, atol=1e-6)
+    assert_within(out[2], 0.25 * x[2].double() + 0.75 * partner[2].double(), lerp_bound(x[2], partner[2]))
 
 
 @pytest.mark.parametrize("name", ["cutmix", "fmix", "saliencymix"])
@@ -210,14 +211,16 @@ def test_fmix_masks_are_low_frequency():
 
 def test_fmix_soft_edges_blend_and_keep_the_mean():
     b = 16
-    x = torch.arange(1.0, b + 1).view(b, 1, 1, 1).expand(b, 1, 12, 12).contiguous()
+    # float64 inputs: the mask comes back exactly; only its own float32 values and lam's float32
+    # rounding remain, each off by at most U32 (mask values and lam are at most 1)
+    x = torch.arange(1.0, b + 1, dtype=torch.float64).view(b, 1, 1, 1).expand(b, 1, 12, 12).contiguous()
     out = mix("fmix", x, torch.zeros(b), generator=torch_generator(4), alpha=1.0, max_soft=0.1)
     differs = out.index != torch.arange(b)
     partner = x[out.index]
     weight = (out.x - partner)[differs] / (x - partner)[differs]  # the mask, recovered
     assert bool(((weight >= -1e-6) & (weight <= 1 + 1e-6)).all())
     assert ((weight > 1e-6) & (weight < 1 - 1e-6)).any()  # some soft values
-    assert torch.allclose(weight.flatten(1).mean(1), out.lam[differs], atol=1e-5)
+    assert_within(weight.flatten(1).mean(1), out.lam[differs], 2 * U32)
 
 
 def test_fmix_parameters_are_checked():
@@ -382,9 +385,10 @@ def test_cmixup_mixes_inputs_and_targets_with_near_partners():
     assert out.y is not None and out.y.shape == y.shape
     assert bool(((out.index < 50) == (torch.arange(100) < 50)).all())  # partners from the same cluster
     assert bool((out.index != torch.arange(100)).all())  # never itself
-    lam = out.lam
-    assert torch.allclose(out.y, y * lam + y[out.index] * (1 - lam), rtol=1e-6, atol=1e-6)
-    assert torch.allclose(out.x, x * lam.view(-1, 1, 1) + x[out.index] * (1 - lam.view(-1, 1, 1)), rtol=0, atol=1e-6)
+    lam = out.lam.double()
+    assert_within(out.y, lam * y.double() + (1 - lam) * y[out.index].double(), lerp_bound(y, y[out.index]))
+    lam = lam.view(-1, 1, 1)
+    assert_within(out.x, lam * x.double() + (1 - lam) * x[out.index].double(), lerp_bound(x, x[out.index]))
 
 
 def test_cmixup_wide_kernel_is_close_to_uniform():
@@ -436,19 +440,20 @@ def test_manifold_mixup_mixes_the_drawn_hidden_layer():
         picked.setdefault(out.layer, out)
     assert set(picked) == {None, "hidden1", "hidden2"}  # every mix point gets drawn; input mixes x itself
     at_input = picked[None]
-    lam4 = at_input.lam.view(-1, 1, 1, 1)
-    assert torch.allclose(at_input.x, lam4 * x + (1 - lam4) * x[at_input.index], atol=1e-6)
+    lam4, partner = at_input.lam.view(-1, 1, 1, 1).double(), x[at_input.index]
+    assert_within(at_input.x, lam4 * x.double() + (1 - lam4) * partner.double(), lerp_bound(x, partner))
     out = picked["hidden1"]
     assert torch.equal(out.x, x)
+    model, x64 = model.double(), x.double()  # float64: the hook and the hand-mixed forward agree to ~1e-15
     with torch.no_grad():
-        h = model[:3](x)  # output of the hidden1 point (first ReLU)
-        lam = out.lam.view(-1, 1)
+        h = model[:3](x64)  # output of the hidden1 point (first ReLU)
+        lam = out.lam.view(-1, 1).double()
         expected = model[3:](lam * h + (1 - lam) * h[out.index])
-        with mixing_hidden(points, out):
-            logits = model(out.x)
-    assert torch.allclose(logits, expected, atol=1e-5)
+        with mixing_hidden(points, replace_x(out, x64)):
+            logits = model(x64)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-12)
     with torch.no_grad():
-        assert not torch.allclose(model(x), logits)  # the hook is gone after the block
+        assert not torch.allclose(model(x64), logits)  # the hook is gone after the block
     with pytest.raises(ConfigError, match="no mix point 'conv9'"), mixing_hidden(points, replace_layer(out, "conv9")):
         pass
     with pytest.raises(ConfigError, match="cannot be part of a mixture"):
@@ -463,13 +468,21 @@ def replace_layer(out, layer):
     return replace(out, layer=layer)
 
 
+def replace_x(out, x):
+    from dataclasses import replace
+
+    return replace(out, x=x)
+
+
 def test_loss_registry_values():
     from pipelines.mixing import LOSSES, get_loss
 
     assert LOSSES.names() == ["decoupled", "mse", "rankmixup", "soft_ce"]
     x, y = batch(32, (2, 4, 4), seed=8)
     out = mix("mixup", x, y, generator=torch_generator(1), alpha=1.0)
-    logits, clean = torch.randn(32, 10, generator=torch_generator(2)), torch.randn(32, 10, generator=torch_generator(3))
+    # float64 logits: the registry's loss and the hand-built sum differ only in float64 rounding (~1e-15)
+    logits = torch.randn(32, 10, generator=torch_generator(2), dtype=torch.float64)
+    clean = torch.randn(32, 10, generator=torch_generator(3), dtype=torch.float64)
     pair = (logits, y, y[out.index], out.lam)
     soft = get_loss("soft_ce")(*pair, num_classes=10, smoothing=0.1)
     assert torch.equal(soft, soft_target_cross_entropy(logits, mixed_targets(y, out, 10, 0.1)))
@@ -478,7 +491,7 @@ def test_loss_registry_values():
     rank = get_loss("rankmixup", margin=0.2, weight=0.5)
     assert rank.needs_clean and not get_loss("soft_ce").needs_clean
     expected = F.cross_entropy(clean, y) + 0.5 * mixup_ranking_loss(logits, clean, margin=0.2)
-    assert torch.allclose(rank(*pair, num_classes=10, clean_logits=clean), expected, atol=1e-6)
+    torch.testing.assert_close(rank(*pair, num_classes=10, clean_logits=clean), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="clean inputs"):
         rank(*pair, num_classes=10)
     with pytest.raises(ConfigError, match="mixing.loss_options: mixing loss 'rankmixup' does not take"):

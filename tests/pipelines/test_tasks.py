@@ -20,7 +20,7 @@ def test_validation_sums_add_up_across_ranks_to_the_whole_split():
     assert REGRESSION.summarise([a + b for a, b in zip(*halves, strict=True)]) == pytest.approx(whole)
     # SSE 0.25 + 0 + 1 + 1 = 2.25; mean 0.5, SST 0.25 + 2.25 + 6.25 + 0.25 = 9
     assert whole == pytest.approx((2.25 / 4, 1 - 2.25 / 9))
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]], dtype=torch.float64)  # float64: a sum vs a mean, ~1e-16 apart
     loss, accuracy = CLASSIFICATION.summarise(CLASSIFICATION.validation_sums(logits, torch.tensor([0, 0, 0])))
     assert accuracy == pytest.approx(2 / 3)
     assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 0, 0])).item())

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipelines.errors import ClusterError
+from pipelines.lifetime import process_stat
 
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "auth_token"
@@ -187,11 +188,8 @@ def is_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill()
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    stat = process_stat(pid)
+    return stat is None or stat.running  # no procfs: trust kill()
 
 
 def stop(state_dir: str | Path, timeout: float = 30) -> list[int]:

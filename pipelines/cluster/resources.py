@@ -1,0 +1,123 @@
+"""What a stage asks of the cluster, checked before anything waits on it.
+
+Ray waits for resources it does not have: a placement group for 64 training workers on a 2-CPU
+instance is simply pending, and Train V2 retries its start forever. A :class:`Demand` (identical
+bundles placed together, as a worker group is) is checked against the alive nodes first: one that
+can never be placed fails at once with one line naming the request and the cluster; on a cluster
+that may grow (an autoscaler adding nodes) the stage says once what it waits for, and waits at
+most ``ray.resource_wait_s``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipelines.errors import ClusterError
+
+# Ray accounts resources in fixed point with four decimals; so do the checks, so that a 0.1-CPU
+# bundle counts ten to a CPU exactly.
+_UNITS = 10_000
+
+
+def _units(amount: float) -> int:
+    return round(amount * _UNITS)
+
+
+def describe(resources: Mapping[str, float]) -> str:
+    """``{CPU: 2, GPU: 1}``, keys in order, CPU and GPU first, values without trailing zeros."""
+    order = sorted(resources, key=lambda k: (k not in ("CPU", "GPU"), k))
+    return "{" + ", ".join(f"{k}: {resources[k]:g}" for k in order) + "}"
+
+
+@dataclass(frozen=True)
+class Demand:
+    """``count`` identical ``bundle`` s that must be held at the same time (a worker group).
+
+    Attributes:
+        what: the params that made the request, for messages (``"train.num_workers: 64 workers"``).
+    """
+
+    what: str
+    bundle: Mapping[str, float]
+    count: int = 1
+    total: Mapping[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a demand needs at least one bundle, got {self.count}")
+        object.__setattr__(self, "total", {k: v * self.count for k, v in self.bundle.items()})
+
+    def __str__(self) -> str:
+        return f"{self.what} x {describe(self.bundle)} = {describe(self.total)}"
+
+
+def placeable(bundle: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many copies of ``bundle`` the nodes can hold at once: per node, the fewest copies any
+    one resource allows, summed over nodes (exact for identical bundles)."""
+    needed = {k: _units(v) for k, v in bundle.items() if _units(v) > 0}
+    if not needed:
+        raise ValueError(f"a bundle must ask for some resource, got {dict(bundle)}")
+    return sum(min(_units(node.get(k, 0.0)) // amount for k, amount in needed.items()) for node in nodes)
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected cluster."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def _cluster_summary(nodes: Sequence[Mapping[str, float]]) -> str:
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for key in ("CPU", "GPU"):
+            if node.get(key, 0) or key == "CPU":
+                totals[key] = totals.get(key, 0.0) + node.get(key, 0.0)
+    return f"{describe(totals)} on {len(nodes)} node(s)"
+
+
+def ensure_feasible(
+    demand: Demand,
+    wait_s: float = 0.0,
+    *,
+    nodes: Callable[[], list[dict[str, float]]] = alive_node_resources,
+    poll_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Return how many bundles of ``demand`` the cluster can hold, once it can hold all of them.
+
+    Args:
+        demand: the request.
+        wait_s: how long the cluster may take to grow; 0 (a local instance, or a fixed cluster)
+            fails at once.
+        nodes: the alive nodes' total resources (injectable for tests).
+
+    Raises:
+        ClusterError: the request does not fit, and did not come to fit within ``wait_s``.
+    """
+    current = nodes()
+    room = placeable(demand.bundle, current)
+    if room >= demand.count:
+        return room
+    if wait_s > 0:
+        print(
+            f"mixpipe: waiting up to {wait_s:g}s for the cluster to offer {demand}; it has "
+            f"{_cluster_summary(current)} (room for {room})",
+            file=sys.stderr, flush=True,
+        )
+        deadline = clock() + wait_s
+        while clock() < deadline:
+            sleep(min(poll_s, max(0.0, deadline - clock())))
+            current = nodes()
+            room = placeable(demand.bundle, current)
+            if room >= demand.count:
+                return room
+    waited = f" after waiting {wait_s:g}s" if wait_s > 0 else ""
+    grow = "" if wait_s > 0 else " (lower the request, or on an autoscaling cluster set ray.resource_wait_s)"
+    raise ClusterError(
+        f"{demand} does not fit{waited}: the cluster has {_cluster_summary(current)}, room for {room}{grow}"
+    )
