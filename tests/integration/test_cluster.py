@@ -24,17 +24,19 @@ pytestmark = pytest.mark.integration
 CLUSTER_PARAMS = {
     "augment": {"num_shards": 4},
     "train": {"epochs": 2, "batch_size": 32, "num_workers": 2},
-    "tune": {"methods": ["mixup"], "alphas": [0.2, 1.0], "epochs": 2, "grace_period": 1,
+    "tune": {"methods": ["mixup"], "alphas": [0.2, 1.0], "epochs": 1, "grace_period": 1,
              "max_concurrent_trials": 2},
 }
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    # a short path: Ray's unix sockets live under each node's temp dir (107-byte limit)
+    # a short path: Ray's unix sockets live under each node's temp dir (107-byte limit). Fixed ports
+    # below the kernel's ephemeral range (32768+) and above Ray's worker ports (10002-19999), so no
+    # local instance running meanwhile (another test file, in parallel) can have taken them at random
     state = Path(tempfile.mkdtemp(prefix="mpc-", dir="/tmp"))
     run(REPO, sys.executable, "cluster/local_cluster.py", "start", "--state-dir", str(state), "--workers", "1",
-        "--cpus-per-node", "1", "--base-port", "46300", timeout=300)
+        "--cpus-per-node", "1", "--base-port", "26300", timeout=300)
     info = local_cluster.load(state)
     yield info
     result = run(REPO, sys.executable, "cluster/local_cluster.py", "stop", "--state-dir", str(state))
@@ -58,7 +60,7 @@ def nodes_of(info: local_cluster.ClusterInfo, kind: str, name: str) -> list[str]
 
 def test_cluster_nodes_are_up_on_loopback(cluster):
     assert [node.name for node in cluster.nodes] == ["head", "worker1"]
-    assert cluster.address == "127.0.0.1:46300" and cluster.dashboard_url == "http://127.0.0.1:46301"
+    assert cluster.address == "127.0.0.1:26300" and cluster.dashboard_url == "http://127.0.0.1:26301"
     assert all(local_cluster.is_alive(node.pid) for node in cluster.nodes)
     assert oct(Path(cluster.token_path).stat().st_mode & 0o777) == "0o600"
 

@@ -1,5 +1,5 @@
-"""The whole DAG, run by DVC on a tiny params override in a committed copy of the repository,
-beside a second pipeline on the same machine; then the ways a run can be interrupted."""
+"""The whole DAG, run by DVC on a tiny params override in a committed copy of the repository; then
+a second pipeline beside it on the same machine, and the ways a run can be interrupted."""
 
 from __future__ import annotations
 
@@ -25,36 +25,13 @@ MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties",
           "weight_matching"]
 
 
-# The pipeline running beside the main one: just enough to reach a sweep with more trials than
-# run at once (the deadlock of two local Ray instances was a finished trial's placement group never
-# released because Train's cleaner could not find its instance among two).
-BESIDE_PARAMS = {
-    "augment": {"methods": ["mixup"], "num_shards": 1},
-    "train": {"epochs": 1, "num_workers": 1},
-    "tune": {"methods": ["mixup"], "alphas": [0.2, 0.5, 1.0], "epochs": 1, "grace_period": 1,
-             "max_concurrent_trials": 2},
-}
-
-
 @pytest.fixture(scope="module")
-def workspaces(tmp_path_factory):
-    """The main workspace after a full `dvc repro`, and a second one whose `dvc repro tune` ran at
-    the same time on this machine (two local Ray instances, no PID namespace between them)."""
+def workspace(tmp_path_factory):
     root = make_workspace(tmp_path_factory.mktemp("pipeline"), TINY_PARAMS)
-    beside = make_workspace(tmp_path_factory.mktemp("beside"), BESIDE_PARAMS)
-    main_run, beside_run = start(root, "dvc", "repro"), start(beside, "dvc", "repro", "tune")
-    first, second = finish(main_run), finish(beside_run)
+    first = run(root, "dvc", "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout, stage
-    assert "Running stage 'tune'" in second.stdout
-    trials = tables.read_table(str(beside / "results/trials.parquet"), "trials")
-    assert trials["trial"].tolist() == ["t00-mixup-a0.2", "t01-mixup-a0.5", "t02-mixup-a1"]
-    return root, beside
-
-
-@pytest.fixture(scope="module")
-def workspace(workspaces):
-    return workspaces[0]
+    return root
 
 
 def test_prepare_writes_stratified_validated_splits(workspace):
@@ -194,40 +171,38 @@ def test_experiment_changes_the_metric_and_compare_reads_it(workspace):
     assert compared["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
 
 
-def test_train_reads_shards_when_the_source_is_shards(workspace):
-    """Last in the module: it rewrites params.yaml and the base model."""
-    path = workspace / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    params["mixing"].update(method="cutmix", source="shards")
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    shown = run(workspace, "python", "-m", "stages.train")
-    assert "val_accuracy" in shown.stdout
-    card = json.loads((workspace / "models/base/card.json").read_text())
-    assert card["info"]["mixing"] == "cutmix" and card["info"]["mixing_source"] == "shards"
-    (workspace / "data/shards/cutmix/part-00000.parquet").write_bytes(b"not parquet")
-    failed = run(workspace, "python", "-m", "stages.train", check=False)
-    assert failed.returncode != 0
-    assert "part-00000.parquet: sha256 differs from the manifest" in failed.stderr
+# A second pipeline, run beside the main workspace's: just enough to reach a sweep with more trials
+# than run at once (the deadlock of two local Ray instances was a finished trial's placement group
+# never released, because Train's cleaner could not tell its instance from the other).
+BESIDE_PARAMS = {
+    "augment": {"methods": ["mixup"], "num_shards": 1},
+    "train": {"epochs": 1, "num_workers": 1},
+    "tune": {"methods": ["mixup"], "alphas": [0.2, 0.5, 1.0], "epochs": 1, "grace_period": 1,
+             "max_concurrent_trials": 2},
+}
 
 
-def test_a_tune_stage_killed_mid_sweep_resumes_keeping_finished_trials_and_ends_where_an_uninterrupted_one_did(workspaces):
-    """SIGKILL `python -m stages.tune` once two of its three trials have finished, then
-    `dvc repro -f tune`: the finished trials are not trained again, the unfinished one resumes,
-    and the outputs are byte for byte those of the uninterrupted sweep (DVC sees nothing changed)."""
-    _, workspace = workspaces
+def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_uninterrupted_one_did(
+    workspace, tmp_path
+):
+    """SIGKILL `python -m stages.tune` once two of its four trials have finished; then
+    `dvc repro -f tune` here while a second workspace runs `dvc repro tune` on the same machine
+    (two local Ray instances, no PID namespace between them). Both finish; the finished trials are
+    not trained again, the others resume, and the outputs are byte for byte those of the
+    uninterrupted sweep (DVC sees nothing changed)."""
     trials_file = workspace / "results/trials.parquet"
     uninterrupted = trials_file.read_bytes()
     [sweep] = [p for p in (workspace / ".mixpipe/ray").iterdir() if p.name.startswith("tune-")]
     storage.filesystem(str(sweep))[0].rm(str(sweep), recursive=True)  # forget the finished sweep
     ledger = sweep / "ledger"
 
-    def first_rung_done() -> list[Path]:
-        return sorted(ledger.glob("*-e001.json")) if ledger.exists() else []
+    def done() -> list[Path]:
+        return sorted(ledger.glob("*.json")) if ledger.exists() else []
 
     stage = start(workspace, "python", "-m", "stages.tune")
     ours: list[int] = []
     try:
-        assert wait_until(lambda: len(first_rung_done()) >= 2 or stage.poll() is not None, 600)
+        assert wait_until(lambda: len(done()) >= 2 or stage.poll() is not None, 600)
         assert stage.poll() is None, finish(stage, check=False).stderr[-3000:]
         ours = descendants(stage.pid)
         stage.send_signal(signal.SIGKILL)
@@ -237,26 +212,30 @@ def test_a_tune_stage_killed_mid_sweep_resumes_keeping_finished_trials_and_ends_
             stage.kill()
         finish(stage, check=False)
         kill_all(ours)  # Ray's agents outlive a SIGKILLed driver; these are the ones this test started
-    kept = {path.name: path.stat().st_mtime_ns for path in first_rung_done()}
-    assert len(kept) >= 2
+    kept = {path.name: path.stat().st_mtime_ns for path in done()}
+    assert 2 <= len(kept) < 4
 
-    resumed = run(workspace, "dvc", "repro", "-f", "tune")
-    assert "Running stage 'tune'" in resumed.stdout
-    assert {path.name: path.stat().st_mtime_ns for path in first_rung_done() if path.name in kept} == kept
-    epochs_run = tables.read_table(str(trials_file), "trials").set_index("trial")["epochs_run"]
+    beside = make_workspace(tmp_path, BESIDE_PARAMS)
+    resumed, second = start(workspace, "dvc", "repro", "-f", "tune"), start(beside, "dvc", "repro", "tune")
+    resumed, second = finish(resumed), finish(second)
+    assert "Running stage 'tune'" in resumed.stdout and "Running stage 'tune'" in second.stdout
+    trials = tables.read_table(str(beside / "results/trials.parquet"), "trials")
+    assert trials["trial"].tolist() == ["t00-mixup-a0.2", "t01-mixup-a0.5", "t02-mixup-a1"]
+
+    assert {path.name: path.stat().st_mtime_ns for path in done() if path.name in kept} == kept
     for name in kept:  # a finished trial's Train run started once, by the killed stage
         trial = name.removesuffix("-e001.json")
-        assert len(list((sweep / trial / "mixpipe-attempts").iterdir())) == epochs_run[trial] == 1, trial
+        assert len(list((sweep / trial / "mixpipe-attempts").iterdir())) == 1, trial
     assert trials_file.read_bytes() == uninterrupted
     status = json.loads(run(workspace, "dvc", "status", "--json").stdout)
     assert "tune" not in status  # same checkpoints and tables as the lock recorded
 
 
-def test_a_killed_dvc_repro_leaves_no_stage_process_behind(workspaces):
+def test_a_killed_dvc_repro_leaves_no_stage_process_behind(workspace):
     """SIGKILL `dvc repro` while its train stage runs Ray: the stage notices that the DVC process
-    is gone, stops, and takes its local Ray instance with it; nothing it started keeps running."""
-    _, beside = workspaces
-    repro = start(beside, "dvc", "repro", "-f", "train")
+    is gone, stops, and takes its local Ray instance with it; nothing it started keeps running.
+    DVC removes the train stage's outputs first: the next test writes them again."""
+    repro = start(workspace, "dvc", "repro", "-f", "train")
 
     def stage_and_ray_up() -> bool:
         names = {process_stat(pid).name for pid in descendants(repro.pid) if process_stat(pid)}
@@ -274,3 +253,19 @@ def test_a_killed_dvc_repro_leaves_no_stage_process_behind(workspaces):
             repro.kill()
             finish(repro, check=False)
         kill_all(started)
+
+
+def test_train_reads_shards_when_the_source_is_shards(workspace):
+    """Last in the module: it rewrites params.yaml and the base model."""
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["mixing"].update(method="cutmix", source="shards")
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    shown = run(workspace, "python", "-m", "stages.train")
+    assert "val_accuracy" in shown.stdout
+    card = json.loads((workspace / "models/base/card.json").read_text())
+    assert card["info"]["mixing"] == "cutmix" and card["info"]["mixing_source"] == "shards"
+    (workspace / "data/shards/cutmix/part-00000.parquet").write_bytes(b"not parquet")
+    failed = run(workspace, "python", "-m", "stages.train", check=False)
+    assert failed.returncode != 0
+    assert "part-00000.parquet: sha256 differs from the manifest" in failed.stderr

@@ -35,7 +35,8 @@ def other_instance():
     from pipelines.cluster import launcher
 
     state = Path(tempfile.mkdtemp(prefix="mp-other-", dir="/tmp"))  # short: Ray's socket paths are limited
-    info = launcher.start(state, workers=0, cpus_per_node=1, base_port=46700)
+    # fixed ports outside the ephemeral range and Ray's worker ports (see test_cluster), apart from its own
+    info = launcher.start(state, workers=0, cpus_per_node=1, base_port=26700)
     yield info
     launcher.stop(state)
 
