@@ -28,10 +28,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 repro: setup
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Two pytest workers, one test file each at a time (module fixtures share a Ray instance or a DAG
-# run): the Ray tests spend part of their time waiting on Ray, so two files overlap well.
 test: setup
-	$(BIN)/python tools/netns.py -- env PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python tools/netns.py -- env PATH="$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)

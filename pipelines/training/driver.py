@@ -146,7 +146,8 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
         reason = _startup_failure(error)
         if reason is None:
             raise
-        free = describe({k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")})
+        available = ray.available_resources()  # a resource with nothing free is left out
+        free = describe({key: available.get(key, 0.0) for key in per_worker})
         raise ClusterError(
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free}"
