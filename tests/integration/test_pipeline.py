@@ -4,6 +4,7 @@ a second pipeline beside it on the same machine, and the ways a run can be inter
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -171,17 +172,6 @@ def test_experiment_changes_the_metric_and_compare_reads_it(workspace):
     assert compared["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
 
 
-# A second pipeline, run beside the main workspace's: just enough to reach a sweep with more trials
-# than run at once (the deadlock of two local Ray instances was a finished trial's placement group
-# never released, because Train's cleaner could not tell its instance from the other).
-BESIDE_PARAMS = {
-    "augment": {"methods": ["mixup"], "num_shards": 1},
-    "train": {"epochs": 1, "num_workers": 1},
-    "tune": {"methods": ["mixup"], "alphas": [0.2, 0.5, 1.0], "epochs": 1, "grace_period": 1,
-             "max_concurrent_trials": 2},
-}
-
-
 def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_uninterrupted_one_did(
     workspace, tmp_path
 ):
@@ -189,7 +179,17 @@ def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_u
     `dvc repro -f tune` here while a second workspace runs `dvc repro tune` on the same machine
     (two local Ray instances, no PID namespace between them). Both finish; the finished trials are
     not trained again, the others resume, and the outputs are byte for byte those of the
-    uninterrupted sweep (DVC sees nothing changed)."""
+    uninterrupted sweep (DVC sees nothing changed).
+
+    The second workspace is a copy of this one with other alphas: DVC finds its upstream stages up
+    to date and runs a sweep of two trials one at a time, so the second waits for the first's
+    resources (the deadlock of two local instances was a finished trial's placement group never
+    released, because Train's cleaner could not tell its instance from the other)."""
+    beside = tmp_path / "beside"
+    shutil.copytree(workspace, beside, ignore=shutil.ignore_patterns(".mixpipe"))
+    params = yaml.safe_load((beside / "params.yaml").read_text())
+    params["tune"].update(methods=["mixup"], alphas=[0.3, 0.6], max_concurrent_trials=1)
+    (beside / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     trials_file = workspace / "results/trials.parquet"
     uninterrupted = trials_file.read_bytes()
     [sweep] = [p for p in (workspace / ".mixpipe/ray").iterdir() if p.name.startswith("tune-")]
@@ -215,12 +215,12 @@ def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_u
     kept = {path.name: path.stat().st_mtime_ns for path in done()}
     assert 2 <= len(kept) < 4
 
-    beside = make_workspace(tmp_path, BESIDE_PARAMS)
     resumed, second = start(workspace, "dvc", "repro", "-f", "tune"), start(beside, "dvc", "repro", "tune")
     resumed, second = finish(resumed), finish(second)
-    assert "Running stage 'tune'" in resumed.stdout and "Running stage 'tune'" in second.stdout
+    assert "Running stage 'tune'" in resumed.stdout
+    assert "Running stage 'tune'" in second.stdout and "Running stage 'train'" not in second.stdout
     trials = tables.read_table(str(beside / "results/trials.parquet"), "trials")
-    assert trials["trial"].tolist() == ["t00-mixup-a0.2", "t01-mixup-a0.5", "t02-mixup-a1"]
+    assert trials["trial"].tolist() == ["t00-mixup-a0.3", "t01-mixup-a0.6"]
 
     assert {path.name: path.stat().st_mtime_ns for path in done() if path.name in kept} == kept
     for name in kept:  # a finished trial's Train run started once, by the killed stage
@@ -260,6 +260,7 @@ def test_train_reads_shards_when_the_source_is_shards(workspace):
     path = workspace / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["mixing"].update(method="cutmix", source="shards")
+    params["train"].update(epochs=1, num_workers=1)  # the source is what is tested here
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     shown = run(workspace, "python", "-m", "stages.train")
     assert "val_accuracy" in shown.stdout

@@ -1,8 +1,4 @@
-"""The library's Ray paths against one local Ray instance shared by the module.
-
-A second Ray instance runs on this machine for the whole module (as a user's own run would beside
-CI's): Ray's helpers that look for "the" instance without an address must never be reached.
-"""
+"""The library's Ray paths against one local Ray instance shared by the module."""
 
 from __future__ import annotations
 
@@ -29,7 +25,7 @@ from pipelines.tuning import grid, run_sweep
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def other_instance():
     """Another local Ray instance on this machine, started and stopped by PID (cluster/'s launcher)."""
     from pipelines.cluster import launcher
@@ -42,7 +38,7 @@ def other_instance():
 
 
 @pytest.fixture(scope="module")
-def ray_local(other_instance):
+def ray_local():
     with ray_session(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp")) as connection:
         yield connection
 
