@@ -1,6 +1,6 @@
 """The ``mixpipe`` command: submit jobs, run a local multi-node cluster, compare experiments, run a stage.
 
-    mixpipe submit [--address URL] [--job-id ID] [--no-wait] -- COMMAND...
+    mixpipe submit [--address URL] [--job-id ID] [--gpus N] [--env NAME] [--metadata K=V] [--no-wait] -- COMMAND...
     mixpipe cluster start|stop|status|env --state-dir DIR [...]
     mixpipe compare [REV ...] [--table evaluation] [--metric accuracy]
     mixpipe stage NAME [ARGS...]
@@ -20,15 +20,23 @@ from pathlib import Path
 from pipelines.errors import MixpipeError
 from pipelines.urls import redact
 
+MODES = """where the Ray stages (augment, train, tune, merge with a search) run, by RAY_ADDRESS or ray.address:
+  (none)               a local Ray instance on this machine, loopback only
+  host:port | auto     join that cluster's GCS as a driver: only on a cluster node, run state in storage.shared_uri
+  http(s)://host:8265  job mode: each stage is a Ray job; inputs and outputs travel through storage.shared_uri
+  ray://...            refused: Ray Client cannot drive Ray Train or Tune; use the http:// dashboard address"""
+
 
 def _submit(args: argparse.Namespace) -> int:
-    from pipelines.cluster import submit_job
+    from pipelines.cluster.jobs import forwarded_env, metadata_pairs, submit_job
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise MixpipeError("submit: give the command to run after --, e.g. mixpipe submit -- python -m stages.train")
     outcome = submit_job(
-        shlex.join(command), args.address, str(Path(args.working_dir).resolve()), job_id=args.job_id, wait=not args.no_wait
+        shlex.join(command), args.address, str(Path(args.working_dir).resolve()), job_id=args.job_id,
+        wait=not args.no_wait, env_vars=forwarded_env(args.env), metadata=metadata_pairs(args.metadata),
+        num_gpus=args.gpus, connect_timeout_s=args.connect_timeout,
     )
     print(f"mixpipe submit: job {outcome.submission_id} {outcome.status} after {outcome.seconds:.1f}s", file=sys.stderr)
     if args.no_wait:
@@ -40,9 +48,9 @@ def _cluster(args: argparse.Namespace) -> int:
     from pipelines.cluster import launcher
 
     if args.action == "start":
-        info = launcher.start(args.state_dir, args.workers, args.cpus_per_node, args.base_port)
+        info = launcher.start(args.state_dir, args.workers, args.cpus_per_node, args.base_port, hide=args.hide)
         print(f"started {len(info.nodes)} node(s): {info.address}, dashboard {info.dashboard_url}")
-        print(f'to join: eval "$(mixpipe cluster env --state-dir {args.state_dir})"')
+        print(f'to run stages as jobs: eval "$(mixpipe cluster env --jobs --state-dir {args.state_dir})"')
     elif args.action == "stop":
         pids = launcher.stop(args.state_dir)
         print(f"stopped {len(pids)} node process(es): {' '.join(map(str, pids)) or '-'}")
@@ -53,7 +61,7 @@ def _cluster(args: argparse.Namespace) -> int:
             print(f"{node.name:8s} pid {node.pid:7d} {state:5s} log {node.log}")
     else:
         info = launcher.load(args.state_dir)
-        for key, value in info.env().items():
+        for key, value in info.env(jobs=args.jobs).items():
             print(f"export {key}={shlex.quote(value)}")
     return 0
 
@@ -80,13 +88,25 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixpipe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mixpipe", description=__doc__.split("\n\n")[0], epilog=MODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="verb", required=True)
 
-    submit = commands.add_parser("submit", help="run a command as a Ray job (code shipped as working_dir)")
-    submit.add_argument("--address", help="Ray dashboard URL or cluster address (default: $RAY_ADDRESS)")
-    submit.add_argument("--job-id", help="submission id; an existing job with it is followed, not resubmitted")
+    submit = commands.add_parser(
+        "submit", help="run a command as a Ray job (code shipped as working_dir)",
+        description="Run a command as a Ray job on the cluster whose dashboard is at --address (http://<head>:8265). "
+                    "The job gets this directory's code (not data/, models/, results/) and writes nowhere here: "
+                    "for pipeline stages use job mode (ray.address: http://..., see the README).")
+    submit.add_argument("--address", help="Ray dashboard URL http://<head>:8265 (default: $RAY_ADDRESS; a given one wins)")
+    submit.add_argument("--job-id", help="submission id: a pending or running job with it is followed, a succeeded one "
+                                         "reported, a failed or stopped one submitted again as <id>-a2, -a3...")
     submit.add_argument("--working-dir", default=".", help="code to upload (default: this directory)")
+    submit.add_argument("--gpus", type=float, default=0, help="GPUs reserved for the job's driver (default 0)")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME",
+                        help="forward this environment variable's value to the job (repeatable; no credentials)")
+    submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                        help="job metadata shown by the Jobs API (repeatable)")
+    submit.add_argument("--connect-timeout", type=float, default=30, help="seconds the dashboard may take to answer")
     submit.add_argument("--no-wait", action="store_true", help="return after submitting")
     submit.add_argument("command", nargs=argparse.REMAINDER)
     submit.set_defaults(run=_submit)
@@ -97,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--workers", type=int, default=1, help="worker nodes besides the head")
     cluster.add_argument("--cpus-per-node", type=float, default=1)
     cluster.add_argument("--base-port", type=int, default=46300)
+    cluster.add_argument("--hide", action="append", default=[], metavar="DIR",
+                         help="start: run the nodes where DIR is an empty folder (needs root; e.g. your workspace, "
+                              "to check that jobs need nothing from it)")
+    cluster.add_argument("--jobs", action="store_true", help="env: the dashboard address (job mode), not the GCS one")
     cluster.set_defaults(run=_cluster)
 
     compare = commands.add_parser("compare", help="a result table's metric across experiments")

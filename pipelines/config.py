@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
-from pipelines.urls import check_no_credentials, redact
+from pipelines.storage import check_options, check_shared_uri
+from pipelines.urls import check_no_credentials, looks_secret, redact
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -180,6 +181,11 @@ class RayParams(Section):
     """Where Ray runs, and how long a stage waits for it. ``RAY_ADDRESS`` in the environment wins
     over ``address``.
 
+    ``address`` picks where the Ray stages run: none, a local instance; ``host:port``, join that
+    cluster as a driver (on a cluster node); ``http(s)://head:8265``, job mode (each Ray stage a
+    Ray job, its data through ``storage.shared_uri``). ``forward_env`` names variables whose values
+    jobs get (an endpoint, a log level; never a credential: nodes have their own).
+
     ``connect_timeout_s`` bounds reaching a cluster. ``resource_wait_s`` is how long a stage waits
     for a cluster to offer resources it does not have now (an autoscaling cluster adding nodes);
     0 fails at once. A local instance has the resources it will ever have, so a request it cannot
@@ -190,20 +196,49 @@ class RayParams(Section):
     num_cpus: PositiveInt | None = None
     connect_timeout_s: PositiveFloat = 30.0
     resource_wait_s: Annotated[float, Field(ge=0)] = 0.0
+    forward_env: list[str] = []
+
+    @field_validator("forward_env")
+    @classmethod
+    def _forward_no_secret(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"lists {name!r}, which is not an environment variable name")
+            if looks_secret(name):
+                raise ValueError(
+                    f"lists {name}, which looks like a credential: a job's environment is shown to anyone who can see the "
+                    "cluster's dashboard; give the nodes their own credentials (their environment, an IAM role, "
+                    "a Kubernetes secret)"
+                )
+        return value
 
     @field_validator("address")
     @classmethod
     def _address_holds_no_secret(cls, value: str | None) -> str | None:
+        if value and value.lower().startswith("ray://"):
+            raise ValueError("is a Ray Client address (ray://), which cannot run Ray Train or Tune drivers; use the "
+                             "dashboard address http://<head>:8265 (job mode)")
         return check_no_credentials(value, hint="Ray's token authentication (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
 
 
 class StorageParams(Section):
+    """Where state every node must see goes: Ray run state, and in job mode each stage's inputs and
+    outputs. ``options`` are fsspec storage options for that store (an endpoint, a region; never a
+    credential: those come from the environment)."""
+
     shared_uri: str | None = None
+    options: dict[str, Any] = {}
 
     @field_validator("shared_uri")
     @classmethod
-    def _uri_holds_no_secret(cls, value: str | None) -> str | None:
-        return check_no_credentials(value)
+    def _check_uri(cls, value: str | None) -> str | None:
+        return check_shared_uri(check_no_credentials(value))
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_options(value)
+        return value
 
 
 class PathsParams(Section):

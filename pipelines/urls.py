@@ -34,6 +34,11 @@ _SECRET_PARAM = re.compile(
 _URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<rest>[^\s'\"<>`]*)")
 
 
+def looks_secret(name: str) -> bool:
+    """Whether a parameter, option or variable called ``name`` would carry a credential."""
+    return bool(_SECRET_PARAM.search(name))
+
+
 def credential_hint(url: str) -> str:
     """Where the credentials for ``url``'s scheme belong."""
     family = _SCHEME_FAMILY.get(urlsplit(url).scheme.lower())
@@ -55,7 +60,7 @@ def secret_parts(url: str) -> list[str]:
         if ":" in userinfo or _SCHEME_FAMILY.get(parts.scheme.lower()) in ("s3", "gs", "az"):
             found.append("userinfo")
     found += [f"query parameter {name!r}" for name, _ in parse_qsl(parts.query, keep_blank_values=True)
-              if _SECRET_PARAM.search(name)]
+              if looks_secret(name)]
     return found
 
 

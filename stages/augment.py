@@ -20,7 +20,7 @@ from pipelines.mixing import MixingSpec
 from stages.common import entrypoint, params, stage_ray
 
 
-@entrypoint("augment")
+@entrypoint("augment", uses_ray=True)
 def main(argv: list[str]) -> None:
     p = params()
     if len(argv) != 1 or argv[0] not in p.augment.methods:

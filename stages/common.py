@@ -14,22 +14,33 @@ from pathlib import Path
 
 from pipelines import storage
 from pipelines.cluster import RayConnection, ray_session
+from pipelines.cluster.job_mode import JobRequest, require_store, run_stage_as_job
+from pipelines.cluster.session import jobs_address
+from pipelines.cluster.stage_io import find_stage
 from pipelines.config import Params, load_params
 from pipelines.errors import MixpipeError
 from pipelines.lifetime import exit_on_signals, watch_parent
 from pipelines.urls import redact
 
 PARAMS_FILE = "params.yaml"
+DVC_FILE = "dvc.yaml"
+# Where the stages and pipelines packages are: the repo root, or a Ray job's working directory.
+CODE_ROOT = Path(__file__).resolve().parents[1]
 DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command it runs
 
 
-def entrypoint(stage: str) -> Callable[[Callable[[list[str]], None]], Callable[[], None]]:
+def entrypoint(
+    stage: str, uses_ray: bool | Callable[[Params], bool] = False
+) -> Callable[[Callable[[list[str]], None]], Callable[[], None]]:
     """Wrap a stage's ``main(argv)``.
 
+    - A stage that ``uses_ray`` (always, or when its params say so) runs as a Ray job when the
+      address is a Jobs API URL (job mode, :mod:`pipelines.cluster.job_mode`); else ``main`` runs here.
     - A :class:`MixpipeError` becomes one line on stderr and exit 2; any other error prints its
       traceback and exits 1. Both, and every log record, have URL credentials redacted.
     - SIGTERM/SIGHUP unwind the stage (a local Ray instance is stopped on the way out), and under
       DVC (``DVC_STAGE`` set) the stage stops when the DVC process that started it is gone.
+      Ctrl-C exits 130 without a traceback.
     """
 
     def wrap(main: Callable[[list[str]], None]) -> Callable[[], None]:
@@ -40,7 +51,12 @@ def entrypoint(stage: str) -> Callable[[Callable[[list[str]], None]], Callable[[
             if os.environ.get(DVC_STAGE_ENV):
                 watch_parent(f"mixpipe {stage}")
             try:
-                main(sys.argv[1:])
+                argv = sys.argv[1:]
+                if uses_ray and _run_as_job(stage, argv, uses_ray):
+                    return
+                main(argv)
+            except KeyboardInterrupt:
+                sys.exit(130)
             except MixpipeError as error:
                 print(redact(f"mixpipe {stage}: error: {error}"), file=sys.stderr)
                 sys.exit(2)
@@ -51,6 +67,20 @@ def entrypoint(stage: str) -> Callable[[Callable[[list[str]], None]], Callable[[
         return run
 
     return wrap
+
+
+def _run_as_job(stage: str, argv: list[str], uses_ray: bool | Callable[[Params], bool]) -> bool:
+    """Run the stage as a Ray job if the address asks for job mode and the stage uses Ray; whether it did."""
+    p = params()
+    address = jobs_address(p.ray.address)
+    if address is None or (callable(uses_ray) and not uses_ray(p)):
+        return False
+    values = p.model_dump(mode="json")
+    io = find_stage(DVC_FILE, values, ["python", "-m", f"stages.{stage}", *argv], os.environ.get(DVC_STAGE_ENV))
+    request = JobRequest(io, values, code_version(), require_store(p.storage.shared_uri, redact(address)),
+                         tuple(p.ray.forward_env), connect_timeout_s=p.ray.connect_timeout_s)
+    run_stage_as_job(request, address)
+    return True
 
 
 def redact_log_records() -> None:
@@ -75,8 +105,11 @@ def redact_log_records() -> None:
 
 
 def params() -> Params:
-    """The whole params.yaml, validated (every stage validates everything before working)."""
-    return load_params(os.environ.get("MIXPIPE_PARAMS", PARAMS_FILE))
+    """The whole params.yaml, validated (every stage validates everything before working); the
+    shared store's options take effect for this process and the Ray workers it starts."""
+    p = load_params(os.environ.get("MIXPIPE_PARAMS", PARAMS_FILE))
+    storage.configure(p.storage.options, storage.protocol_of(p.storage.shared_uri) if p.storage.shared_uri else None)
+    return p
 
 
 def run_state_uri(params: Params) -> str:
@@ -92,7 +125,7 @@ def code_version(roots: tuple[str, ...] = ("pipelines", "stages"), base: Path | 
     Part of each Ray run name: a run with the same name *resumes*, so without the code in the
     name, a stage that DVC re-runs after a code change would get the old code's finished run back.
     """
-    base = base or Path.cwd()
+    base = base or CODE_ROOT
     digest = hashlib.sha256()
     for path in sorted(p for root in roots for p in (base / root).rglob("*.py")):
         digest.update(str(path.relative_to(base)).encode() + b"\0" + path.read_bytes() + b"\0")

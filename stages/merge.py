@@ -39,7 +39,7 @@ from pipelines.tuning.merge_search import best_point, search_merge_params
 from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray, target_scale
 
 
-@entrypoint("merge")
+@entrypoint("merge", uses_ray=lambda p: bool(p.merge.search))
 def main(argv: list[str]) -> None:
     p = params()
     val, test = read_prepared(p.paths.prepared, "val"), read_prepared(p.paths.prepared, "test")

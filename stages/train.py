@@ -30,7 +30,7 @@ from stages.common import code_version, entrypoint, params, run_state_uri, stage
 LIVE_DIR = "dvclive/train"
 
 
-@entrypoint("train")
+@entrypoint("train", uses_ray=True)
 def main(argv: list[str]) -> None:
     p = params()
     train = read_prepared(p.paths.prepared, "train")

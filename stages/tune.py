@@ -28,7 +28,7 @@ from pipelines.tuning import grid, run_sweep
 from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray
 
 
-@entrypoint("tune")
+@entrypoint("tune", uses_ray=True)
 def main(argv: list[str]) -> None:
     p = params()
     t = p.tune

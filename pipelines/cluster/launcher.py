@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ TOKEN_FILE = "auth_token"
 HOST = "127.0.0.1"
 PORTS_PER_NODE = 10
 WORKER_PORTS_PER_NODE = 100
+DRAIN_ENV = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,11 @@ class ClusterInfo:
     token_path: str
     nodes: list[NodeInfo]
 
-    def env(self) -> dict[str, str]:
-        """The environment a client needs to join this cluster."""
-        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
+    def env(self, jobs: bool = False) -> dict[str, str]:
+        """The environment a client needs: to join as a driver (the GCS address), or with ``jobs``
+        to run stages as jobs (the dashboard address)."""
+        address = self.dashboard_url if jobs else self.address
+        return {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
 
 def node_ports(base_port: int, index: int) -> dict[str, int]:
@@ -120,9 +124,27 @@ def _wait_for_nodes(info: ClusterInfo, count: int, timeout: float) -> None:
     raise ClusterError(f"only {alive} of {count} nodes alive after {timeout:.0f}s")
 
 
+# Runs a node's command in its own mount namespace with an empty tmpfs over each path given before
+# "--" (the paths the node must not see); unshare's default propagation is private, so nothing
+# mounted here shows outside.
+_HIDING_SHELL = 'while [ "$1" != "--" ]; do mount -t tmpfs -o size=1m,mode=0755 mixpipe-hidden "$1" || exit 97; shift; done; shift; exec "$@"'
+
+
+def hidden(command: list[str], paths: Sequence[str]) -> list[str]:
+    """``command`` run where each of ``paths`` is an empty folder (Linux, root: ``unshare -m``)."""
+    if not paths:
+        return command
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _HIDING_SHELL, "sh", *paths, "--", *command]
+
+
 def start(state_dir: str | Path, workers: int = 1, cpus_per_node: float = 1, base_port: int = 46300,
-          timeout: float = 120) -> ClusterInfo:
+          timeout: float = 120, hide: Sequence[str | Path] = (), node_env: Mapping[str, str] | None = None) -> ClusterInfo:
     """Start a head and ``workers`` worker nodes; return how to reach them.
+
+    Args:
+        hide: folders the nodes must not see (each node runs in a mount namespace with an empty
+            tmpfs over them): a workspace, to check that jobs need nothing from it.
+        node_env: extra environment for the nodes (e.g. their own object-store credentials).
 
     Raises:
         ClusterError: a cluster from this state dir is still running, or a node failed to start.
@@ -134,7 +156,14 @@ def start(state_dir: str | Path, workers: int = 1, cpus_per_node: float = 1, bas
     token_path = state / TOKEN_FILE
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    hide = [str(Path(path).resolve()) for path in hide]
+    for path in hide:
+        if state == Path(path) or Path(path) in state.parents:
+            raise ClusterError(f"the state dir {state} is inside {path}, which the nodes must not see")
+    env = {**os.environ, **(node_env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+    # On SIGTERM a node drains for up to this long (30 s by default, for Serve replicas behind
+    # proxies) before stopping; these nodes serve nothing and `stop` should be prompt.
+    env.setdefault(DRAIN_ENV, "5")
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # "0" would forbid worker nodes
 
@@ -151,7 +180,7 @@ def start(state_dir: str | Path, workers: int = 1, cpus_per_node: float = 1, bas
             log = state / f"{name}.log"
             with log.open("wb") as out:
                 process = subprocess.Popen(
-                    _node_command(ports, temp_dir, cpus_per_node, None if index == 0 else address),
+                    hidden(_node_command(ports, temp_dir, cpus_per_node, None if index == 0 else address), hide),
                     stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 )
             nodes.append(NodeInfo(name, process.pid, str(temp_dir), str(log), ports))
@@ -210,7 +239,10 @@ def stop(state_dir: str | Path, timeout: float = 30) -> list[int]:
             time.sleep(0.2)
         if is_alive(node.pid):
             os.kill(node.pid, signal.SIGKILL)
-            _reap(node.pid)
+            deadline = time.monotonic() + 10
+            while is_alive(node.pid) and time.monotonic() < deadline:
+                _reap(node.pid)
+                time.sleep(0.1)
         ended.append(node.pid)
     return ended
 

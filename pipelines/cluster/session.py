@@ -11,8 +11,10 @@ Ray's own tools do:
   environment for the session, the workers' through the job's runtime environment.
 - ``host:port`` (or ``auto``): join that cluster as a driver. The address is probed first and
   the stage fails within ``connect_timeout_s`` when nothing answers as a Ray GCS there.
-- ``ray://`` (Ray Client) is refused: Train and Tune need a driver on the cluster. ``http(s)://``
-  (the Jobs/dashboard address) is for ``mixpipe submit``.
+- ``http(s)://`` (the Jobs/dashboard address): job mode. A stage that uses Ray does not connect
+  here at all: it runs itself as a Ray job (:mod:`pipelines.cluster.job_mode`), whose driver then
+  joins its cluster through the GCS address Ray gives every job in ``RAY_ADDRESS``.
+- ``ray://`` (Ray Client) is refused: Train and Tune need a driver on the cluster.
 
 Ray is imported lazily so that the loopback setting below is in place before Ray reads it.
 """
@@ -34,6 +36,7 @@ from pipelines.errors import ClusterError
 from pipelines.urls import redact
 
 ADDRESS_ENV = "RAY_ADDRESS"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for a job's entrypoint
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by ray.init when it starts a head node
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 # Off: Ray resolves the node IP to 127.0.0.1 instead of the host's primary address. Ray reads it
@@ -90,12 +93,35 @@ def resolve_address(configured: str | None = None) -> str | None:
         )
     if scheme in ("http", "https"):
         raise ClusterError(
-            f"{where}: a Jobs API (dashboard) address; a stage joins a cluster by its GCS address "
-            "<head>:6379 from a cluster node, and `mixpipe submit --address` takes the http:// address"
+            f"{where}: a Jobs API (dashboard) address, for job mode; a Ray driver joins a cluster by its "
+            "GCS address <head>:6379 from a cluster node"
         )
     if scheme:
         raise ClusterError(f"{where}: not a Ray address (expected host:port or auto)")
     return address
+
+
+def jobs_address(configured: str | None = None) -> str | None:
+    """The Jobs API address when the address (``RAY_ADDRESS`` first, then ``ray.address``) asks for
+    job mode (``http(s)://``), else None. Inside a job Ray sets ``RAY_ADDRESS`` to the cluster's GCS
+    address, so a job's own driver never finds job mode again."""
+    address = os.environ.get(ADDRESS_ENV) or configured or None
+    if address and address.split("://", 1)[0].lower() in ("http", "https") and "://" in address:
+        return address
+    return None
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a Ray job (Ray hands it the job's config)."""
+    return JOB_CONFIG_ENV in os.environ
+
+
+def worker_env() -> dict[str, str]:
+    """Variables every worker of this process's Ray jobs gets besides Ray's own: the store's
+    fsspec options, so workers open the shared store as the driver does."""
+    from pipelines.storage import OPTIONS_ENV
+
+    return {OPTIONS_ENV: os.environ[OPTIONS_ENV]} if os.environ.get(OPTIONS_ENV) else {}
 
 
 def _import_ray_for_local_start() -> None:
@@ -141,6 +167,7 @@ def _start_local(num_cpus: int | None, temp_dir: str | None, num_gpus: int | Non
         TRAIN_POLL_ENV: os.environ.get(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S),
         PREEMPTION_WATCHER_ENV: os.environ.get(PREEMPTION_WATCHER_ENV, "0"),
         ADDRESS_ENV: address,
+        **worker_env(),
     }
     with scoped_env(**{GCS_PORT_ENV: address.rsplit(":", 1)[1]}):
         ray.init(
@@ -281,12 +308,15 @@ def ray_session(
 
     already = ray.is_initialized()
     runtime_env = None
-    if joining:
+    if joining and not in_ray_job():  # a job's driver keeps the job's runtime env (its code, its env)
         runtime_env = {}
         if working_dir:
             runtime_env.update(working_dir=working_dir, excludes=WORKING_DIR_EXCLUDES)
+        env_vars = worker_env()
         if address_to_join != "auto":  # the workers' own helpers must find this cluster among others too
-            runtime_env["env_vars"] = {ADDRESS_ENV: address_to_join}
+            env_vars[ADDRESS_ENV] = address_to_join
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
     connection = connect(address, num_cpus, runtime_env=runtime_env or None, temp_dir=temp_dir,
                          connect_timeout_s=connect_timeout_s)
     try:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipelines import tables
+from pipelines import storage, tables
 from pipelines.cluster.resources import Demand, describe, ensure_feasible
 from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
@@ -121,6 +121,7 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     if isinstance(train, MixedDataset):
         arrays.update(y_partner_train=train.y_partner, lam_train=train.lam)
     data = ray.put(arrays)
+    filesystem, storage_path = storage.arrow_filesystem(job.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job, "data": data},
@@ -130,7 +131,8 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
         ),
         run_config=ray.train.RunConfig(
             name=job.run_name,
-            storage_path=job.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             # worker failures restart up to max_failures; a group that cannot start is not retried
             failure_config=ray.train.FailureConfig(max_failures=job.max_failures, controller_failure_limit=0),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoints_to_keep),

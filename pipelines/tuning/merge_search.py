@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines import storage
 from pipelines.errors import MixpipeError
 from pipelines.merging import run_merge
 from pipelines.merging.state import StateDict
@@ -75,6 +76,7 @@ def search_merge_params(
     from ray import tune
 
     points = grid_points(space)
+    tune_filesystem, tune_storage = storage.arrow_filesystem(storage_path)
     trainable = tune.with_parameters(
         _merge_trial, method=method, states=list(states), base=base, fixed=dict(fixed), objective=objective
     )
@@ -82,7 +84,8 @@ def search_merge_params(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"point": tune.grid_search(points)},
         tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=max_concurrent_trials or None),
-        run_config=tune.RunConfig(name=experiment_name, storage_path=storage_path, verbose=0),
+        run_config=tune.RunConfig(name=experiment_name, storage_path=tune_storage, storage_filesystem=tune_filesystem,
+                                  verbose=0),
     )
     results = tuner.fit()
     found: dict[str, SearchPoint] = {}

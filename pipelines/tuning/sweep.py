@@ -184,6 +184,7 @@ def _run_rung(
     fs, stale = storage.filesystem(storage.join(tune_path, f"rung-{rung}"))
     if fs.exists(stale):
         fs.rm(stale, recursive=True)  # a killed run's bookkeeping: never read, so never restored
+    tune_filesystem, tune_storage = storage.arrow_filesystem(tune_path)
     trainable = tune.with_parameters(_run_trial, template=template, sweep_path=sweep_path, train=train, val=val)
     # A trial only drives its Train run: the Train workers hold the CPUs. The trial reserves a
     # little memory instead, because Tune refuses a request with no resources at all.
@@ -192,7 +193,8 @@ def _run_rung(
         trainable,
         param_space={"point": tune.grid_search([asdict(p) for p in points]), "epochs": epochs},
         tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(template, max_concurrent_trials)),
-        run_config=tune.RunConfig(name=f"rung-{rung}", storage_path=tune_path, verbose=0),
+        run_config=tune.RunConfig(name=f"rung-{rung}", storage_path=tune_storage, storage_filesystem=tune_filesystem,
+                                  verbose=0),
     )
     for result in tuner.fit():
         if result.error is not None:
@@ -241,7 +243,7 @@ def run_sweep(
               f"ledger" + ("" if last else f"; going on: {', '.join(sorted(kept))}"), flush=True)
         active = [p for p in active if p.name in kept]
 
-    filesystem = _storage_filesystem(template.storage_path)
+    filesystem, _ = storage.arrow_filesystem(template.storage_path)
     score_column = get_task(template.card.task).score_column
     outcomes = []
     for point in points:
@@ -256,12 +258,3 @@ def run_sweep(
         outcomes.append(TrialOutcome(point, result.epochs, result.val_score, result.val_loss,
                                      result.checkpoint_path, saved.weights))
     return outcomes
-
-
-def _storage_filesystem(storage_path: str):
-    import pyarrow.fs
-
-    if "://" in storage_path:
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
-        return filesystem
-    return pyarrow.fs.LocalFileSystem()

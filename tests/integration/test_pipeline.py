@@ -150,7 +150,7 @@ def test_params_are_listed_narrowly(workspace, key, value, changed):
     assert set(status) == changed
 
 
-def test_experiment_changes_the_metric_and_compare_reads_it(workspace):
+def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(workspace, tmp_path):
     git(workspace, "add", "-A")
     git(workspace, "commit", "-qm", "baseline results")
     run(workspace, "dvc", "exp", "run", "-n", "ece5", "-S", "evaluate.ece_bins=5")
@@ -170,6 +170,24 @@ def test_experiment_changes_the_metric_and_compare_reads_it(workspace):
     compared = json.loads(run(workspace, "mixpipe", "compare", "HEAD", "ece5", "--metric", "ece", "--json").stdout)
     assert compared["base"]["HEAD"] == pytest.approx(metric(baseline)["ece"], abs=1e-6)
     assert compared["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
+
+    # the experiment reaches another clone: its git ref through a git remote, its outs through a
+    # DVC remote (a folder here; the cluster tests use one on the S3 store)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    run(workspace, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
+    git(workspace, "add", ".dvc/config")
+    git(workspace, "commit", "-qm", "a DVC remote")
+    git(workspace, "remote", "add", "origin", str(origin))
+    git(workspace, "push", "-q", "origin", "HEAD:main")
+    run(workspace, "dvc", "exp", "push", "origin", "ece5")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
+    run(clone, "dvc", "exp", "pull", "origin", "ece5")
+    pulled = json.loads(run(clone, "dvc", "exp", "show", "--json").stdout)
+    assert [e["name"] for entry in pulled for e in entry.get("experiments") or []] == ["ece5"]
+    there = json.loads(run(clone, "mixpipe", "compare", "ece5", "--metric", "ece", "--json").stdout)
+    assert there["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
 
 
 def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_uninterrupted_one_did(

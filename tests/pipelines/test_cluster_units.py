@@ -66,7 +66,7 @@ def test_token_auth_cannot_be_turned_off(monkeypatch):
     with pytest.raises(ClusterError, match="token authentication only"):
         cluster.connect()
     with pytest.raises(ClusterError, match="token authentication only"):
-        cluster.submit_job("true", "127.0.0.1:1", ".")
+        cluster.submit_job("true", "http://127.0.0.1:1", ".")
 
 
 def test_submit_needs_an_address(monkeypatch):

@@ -64,6 +64,12 @@ def test_defaults_are_valid_and_frozen():
          "mixing.label_smoothing must be 0 for regression"),
         ({"tune": {"methods": ["manifold_mixup"]}, "mixing": {"options": {"manifold_mixup": {"layers": []}}}},
          "mixing.layers must be a non-empty list of mix points"),
+        ({"ray": {"address": "ray://head:10001"}}, "ray.address is a Ray Client address (ray://), which cannot run"),
+        ({"ray": {"forward_env": ["AWS_SECRET_ACCESS_KEY"]}}, "ray.forward_env lists AWS_SECRET_ACCESS_KEY, which looks like a credential"),
+        ({"ray": {"forward_env": ["NOT A NAME"]}}, "ray.forward_env lists 'NOT A NAME', which is not an environment variable name"),
+        ({"storage": {"shared_uri": "ftp://host/x"}}, "storage.shared_uri scheme ftp:// is not supported for shared state"),
+        ({"storage": {"shared_uri": "s3://b/x?endpoint_url=http://minio"}}, "storage.shared_uri must not have a query string"),
+        ({"storage": {"options": {"secret": "x"}}}, "storage.options must not hold credentials (secret)"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
