@@ -64,8 +64,10 @@ def run(spec: RemoteStage, code: Path, root: Path) -> int:
     if manifest is None:
         print(f"{spec.stage}: the staged inputs {spec.inputs} are gone from the store", file=sys.stderr)
         return 2
-    for name in CONFIG_FILES:
+    chosen = os.environ.get("MIXPIPE_PARAMS")  # another params file, relative to the code (forwarded by the client)
+    for name in (*CONFIG_FILES, *([chosen] if chosen and not os.path.isabs(chosen) else [])):
         if (code / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(code / name, root / name)
     fetched = staging.materialize(manifest, spec.store, root)
     print(f"{spec.stage}: {fetched.files} input file(s), {fetched.bytes} bytes from the store", flush=True)

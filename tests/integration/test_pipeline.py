@@ -184,7 +184,7 @@ def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(work
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
     run(clone, "dvc", "exp", "pull", "origin", "ece5")
-    pulled = json.loads(run(clone, "dvc", "exp", "show", "--json").stdout)
+    pulled = json.loads(run(clone, "dvc", "exp", "show", "--all-commits", "--json").stdout)
     assert [e["name"] for entry in pulled for e in entry.get("experiments") or []] == ["ece5"]
     there = json.loads(run(clone, "mixpipe", "compare", "ece5", "--metric", "ece", "--json").stdout)
     assert there["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
