@@ -151,6 +151,13 @@ def test_params_are_listed_narrowly(workspace, key, value, changed):
 
 
 def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(workspace, tmp_path):
+    # a DVC remote (a folder here; the cluster tests use one on the S3 store) and a git remote, set
+    # before the experiment runs, as a team would have them: `dvc exp push` sends the experiment's
+    # outs to the default remote of its own commit
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    run(workspace, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
+    git(workspace, "remote", "add", "origin", str(origin))
     git(workspace, "add", "-A")
     git(workspace, "commit", "-qm", "baseline results")
     run(workspace, "dvc", "exp", "run", "-n", "ece5", "-S", "evaluate.ece_bins=5")
@@ -171,14 +178,8 @@ def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(work
     assert compared["base"]["HEAD"] == pytest.approx(metric(baseline)["ece"], abs=1e-6)
     assert compared["base"]["ece5"] == pytest.approx(metric(base_exp)["ece"], abs=1e-6)
 
-    # the experiment reaches another clone: its git ref through a git remote, its outs through a
-    # DVC remote (a folder here; the cluster tests use one on the S3 store)
-    origin = tmp_path / "origin.git"
-    git(tmp_path, "init", "-q", "--bare", str(origin))
-    run(workspace, "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
-    git(workspace, "add", ".dvc/config")
-    git(workspace, "commit", "-qm", "a DVC remote")
-    git(workspace, "remote", "add", "origin", str(origin))
+    # the experiment reaches another clone: its git ref through the git remote, its outs through
+    # the DVC remote
     git(workspace, "push", "-q", "origin", "HEAD:main")
     run(workspace, "dvc", "exp", "push", "origin", "ece5")
     clone = tmp_path / "clone"
