@@ -34,6 +34,7 @@ from typing import Any, TextIO
 from pipelines import storage
 from pipelines.cluster import jobs, staging
 from pipelines.cluster.remote_stage import RemoteStage, outputs_url
+from pipelines.cluster.session import worker_env
 from pipelines.cluster.stage_io import StageIO, params_subset
 from pipelines.errors import ClusterError, ConfigError
 
@@ -161,7 +162,7 @@ def run_stage_as_job(request: JobRequest, address: str, root: Path | None = None
     if decision.action == "submit":
         spec = RemoteStage(stage, job_id, request.store, inputs_url, request.io.outputs,
                            tuple(shlex.split(request.io.cmd)))
-        env_vars = {**jobs.forwarded_env(list(request.forward_env)), **_worker_env()}
+        env_vars = {**jobs.forwarded_env(list(request.forward_env)), **worker_env()}
         if os.environ.get("MIXPIPE_PARAMS"):
             env_vars["MIXPIPE_PARAMS"] = os.environ["MIXPIPE_PARAMS"]
         metadata = {"mixpipe_stage": stage, "mixpipe_inputs": manifest.digest,
@@ -201,8 +202,3 @@ def run_stage_as_job(request: JobRequest, address: str, root: Path | None = None
           f"({seconds:.1f}s)", file=stream, flush=True)
     return JobReport(job_id, decision.action, status, sent.bytes, sent.files, received.bytes, seconds)
 
-
-def _worker_env() -> dict[str, str]:
-    from pipelines.cluster.session import worker_env
-
-    return worker_env()

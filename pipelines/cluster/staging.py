@@ -20,7 +20,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import storage
@@ -62,7 +62,6 @@ class Transfer:
     files: int = 0
     bytes: int = 0
     skipped: int = 0
-    paths: list[str] = field(default_factory=list)
 
 
 def blob_url(store: str, digest: str) -> str:
@@ -121,7 +120,6 @@ def upload(root: Path, manifest: Manifest, store: str) -> Transfer:
             fs.put_file(str(root / relative), remote)  # one PUT (or multipart): the object appears whole
         done.files += 1
         done.bytes += int(entry["size"])
-        done.paths.append(relative)
     return done
 
 
@@ -169,7 +167,6 @@ def materialize(manifest: Manifest, store: str, root: Path) -> Transfer:
                 shutil.rmtree(scratch)
             elif scratch.exists():
                 scratch.unlink()
-        done.paths.append(relative)
     return done
 
 
