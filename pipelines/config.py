@@ -189,13 +189,16 @@ class RayParams(Section):
     ``connect_timeout_s`` bounds reaching a cluster. ``resource_wait_s`` is how long a stage waits
     for a cluster to offer resources it does not have now (an autoscaling cluster adding nodes);
     0 fails at once. A local instance has the resources it will ever have, so a request it cannot
-    hold always fails at once.
+    hold always fails at once. ``queue_wait_s`` is how long, on a cluster, a worker group that fits
+    waits in Ray's queue while other jobs hold what it needs (queued experiments side by side); a
+    local instance waits 60 s, since nothing but the stage itself competes there.
     """
 
     address: str | None = None
     num_cpus: PositiveInt | None = None
     connect_timeout_s: PositiveFloat = 30.0
     resource_wait_s: Annotated[float, Field(ge=0)] = 0.0
+    queue_wait_s: PositiveFloat = 86400.0
     forward_env: list[str] = []
 
     @field_validator("forward_env")

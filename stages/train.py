@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
         max_failures=p.train.max_failures,
     )
     with stage_ray(p) as connection:
-        outcome = run_training(replace(job, resource_wait_s=connection.resource_wait_s(p.ray.resource_wait_s)), train, val)
+        outcome = run_training(replace(job, **connection.waits(p.ray)), train, val)
 
     last = outcome.history[-1]
     info = {"run": job.run_name, "epochs": last["epoch"], score: last[score],

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods})
     with stage_ray(p) as connection:
-        template = replace(template, resource_wait_s=connection.resource_wait_s(p.ray.resource_wait_s))
+        template = replace(template, **connection.waits(p.ray))
         outcomes = run_sweep(
             template, points, train, val, experiment_name=name, grace_period=t.grace_period,
             reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,

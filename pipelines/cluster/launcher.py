@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipelines.cluster.session import LOCAL_TRAIN_POLL_S, PREEMPTION_WATCHER_ENV, TRAIN_POLL_ENV
 from pipelines.errors import ClusterError
 from pipelines.lifetime import process_stat
 
@@ -164,6 +165,10 @@ def start(state_dir: str | Path, workers: int = 1, cpus_per_node: float = 1, bas
     # On SIGTERM a node drains for up to this long (30 s by default, for Serve replicas behind
     # proxies) before stopping; these nodes serve nothing and `stop` should be prompt.
     env.setdefault(DRAIN_ENV, "5")
+    # The nodes are processes on this machine, as a local instance's are: the same quick Train
+    # polling, and no watcher for a cloud provider's preemption notices.
+    env.setdefault(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)
+    env.setdefault(PREEMPTION_WATCHER_ENV, "0")
     env.pop("RAY_ADDRESS", None)
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # "0" would forbid worker nodes
 

@@ -121,3 +121,15 @@ def ensure_feasible(
     raise ClusterError(
         f"{demand} does not fit{waited}: the cluster has {_cluster_summary(current)}, room for {room}{grow}"
     )
+
+
+def queue_notice(demand: Demand, available: Mapping[str, float], timeout_s: float | str) -> str | None:
+    """What to say when ``demand`` fits the cluster but its free resources (``available``, summed
+    over nodes) cannot hold it now: another job holds them, and the worker group will wait in
+    Ray's queue for up to ``timeout_s``. None when there is room now (as far as totals tell)."""
+    short = {key: amount for key, amount in demand.total.items() if _units(available.get(key, 0.0)) < _units(amount)}
+    if not short:
+        return None
+    free = describe({key: available.get(key, 0.0) for key in demand.bundle})
+    return (f"{demand} waits in Ray's queue for resources other work holds (free now: {free}); "
+            f"up to {float(timeout_s):g}s")

@@ -69,10 +69,14 @@ class RayConnection:
     gpus: float
     nodes: int
 
-    def resource_wait_s(self, configured: float) -> float:
-        """How long to wait for resources the cluster lacks: never on a local instance, which will
-        not grow; ``configured`` (``ray.resource_wait_s``) on a cluster."""
-        return 0.0 if self.started_local else configured
+    def waits(self, ray_params: Any) -> dict[str, float]:
+        """A worker group's waits here, as :class:`TrainJob` fields. On a local instance: none for
+        resources it lacks (it will not grow) and Train's default for its own runs' turns. On a
+        cluster: ``ray.resource_wait_s`` for nodes to be added and ``ray.queue_wait_s`` for other
+        jobs to release what they hold."""
+        if self.started_local:
+            return {"resource_wait_s": 0.0}
+        return {"resource_wait_s": ray_params.resource_wait_s, "queue_wait_s": ray_params.queue_wait_s}
 
 
 def resolve_address(configured: str | None = None) -> str | None:

@@ -6,6 +6,7 @@ Callable on its own (the train stage) and from inside a Tune trial (the tune sta
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from pipelines import storage, tables
-from pipelines.cluster.resources import Demand, describe, ensure_feasible
+from pipelines.cluster.resources import Demand, describe, ensure_feasible, queue_notice
 from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
 from pipelines.errors import ClusterError, ConfigError, DataError
@@ -30,7 +31,6 @@ from pipelines.training.state import load_train_state
 # Ray Train's own bound on one attempt to place and start the worker group (its default is 60 s,
 # retried forever); a user's setting of the variable wins.
 WORKER_GROUP_START_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-WORKER_GROUP_START_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
 
     A worker group the cluster cannot hold fails before anything waits (after up to
-    ``job.resource_wait_s`` for a cluster to grow); one that fits but does not start within
-    ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s + ``resource_wait_s``) fails with the reason,
-    instead of Ray Train's retrying forever.
+    ``job.resource_wait_s`` for a cluster to grow). One that fits waits in Ray's queue for what
+    other jobs hold (its placement group pending, nothing polled here), and fails with the reason
+    if it has not started within ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (``queue_wait_s`` +
+    ``resource_wait_s``), instead of Ray Train's retrying forever.
 
     Args:
         job: the run; its ``run_name`` decides whether an earlier run is resumed.
@@ -140,7 +141,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    start_timeout = os.environ.get(WORKER_GROUP_START_ENV) or f"{WORKER_GROUP_START_S + job.resource_wait_s:g}"
+    start_timeout = os.environ.get(WORKER_GROUP_START_ENV) or f"{job.queue_wait_s + job.resource_wait_s:g}"
+    held = queue_notice(demand, ray.available_resources(), start_timeout)
+    if held:
+        print(f"mixpipe: {held}", file=sys.stderr, flush=True)
     try:
         with scoped_env(**{WORKER_GROUP_START_ENV: start_timeout}):  # Train passes it on to its controller
             result = trainer.fit()

@@ -11,6 +11,11 @@ from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard
 
 
+# Ray Train's own default worker-group start timeout: on a local instance only the stage's own
+# runs compete, and they are sized to fit together.
+LOCAL_QUEUE_WAIT_S = 60.0
+
+
 @dataclass(frozen=True)
 class TrainJob:
     """One Ray Train run.
@@ -33,6 +38,8 @@ class TrainJob:
             proofs (DDP sharding, resume) exact up to float64 rounding.
         resource_wait_s: how long to wait for a cluster to grow to fit the worker group (0: fail
             at once when it does not fit).
+        queue_wait_s: how long a worker group that fits waits for resources others hold (Ray
+            Train's worker-group start timeout, on top of ``resource_wait_s``).
     """
 
     run_name: str
@@ -53,6 +60,7 @@ class TrainJob:
     stop_after_epoch: int | None = None
     params_key: str = "train"
     resource_wait_s: float = 0.0
+    queue_wait_s: float = LOCAL_QUEUE_WAIT_S
     precision: Literal["float32", "float64"] = "float32"
 
     @property

@@ -228,6 +228,40 @@ def test_a_killed_client_reattaches_to_its_job(repro, cluster, client_env, hidde
     assert history["epoch"].tolist() == [1, 2]
 
 
+def test_queued_experiments_take_turns_on_the_cluster(repro, cluster, client_env, hidden_root):
+    """`dvc queue start -j 2` with two train experiments: both jobs run at once, and each wants
+    the whole cluster (2 workers x 1 CPU on two 1-CPU nodes), so one worker group waits in Ray's
+    queue for the other's CPUs; both succeed."""
+    workspace = Path(tempfile.mkdtemp(dir=hidden_root)) / "ws"
+    shutil.copytree(repro[0], workspace)
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-qm", "job-mode results")  # the queue runs experiments on this commit
+    before = {job["submission_id"] for job in mixpipe_jobs(cluster)}
+    names = {"q-lr4": "0.04", "q-lr3": "0.03"}  # new params: new jobs
+    for name, lr in names.items():
+        run(workspace, "dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.optim.lr={lr}", "train", env=client_env)
+    run(workspace, "dvc", "queue", "start", "-j", "2", env=client_env)
+
+    def settled() -> str | None:
+        status = run(workspace, "dvc", "queue", "status", env=client_env).stdout
+        return None if re.search(r"\b(Queued|Running)\b", status) else status
+
+    assert wait_until(lambda: settled() is not None, timeout=600, interval=3)
+    status = settled()
+    assert all(re.search(rf"{name}\s.*Success", status) for name in names), status
+
+    new = [job for job in mixpipe_jobs(cluster) if job["submission_id"] not in before]
+    assert sorted(job["metadata"]["mixpipe_stage"] for job in new) == ["train", "train"]
+    assert sorted(job["metadata"]["dvc_experiment"] for job in new) == sorted(names)
+    assert {job["status"] for job in new} == {"SUCCEEDED"}
+    first, second = sorted(new, key=lambda job: job["start_time"])
+    assert second["start_time"] < first["end_time"]  # side by side, not one after the other
+    shown = json.loads(run(workspace, "dvc", "exp", "show", "--json", env=client_env).stdout)
+    ran = {e["name"]: e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["optim"]["lr"]
+           for entry in shown for e in entry.get("experiments") or [] if e.get("name") in names}
+    assert ran == {name: float(lr) for name, lr in names.items()}
+
+
 @pytest.mark.parametrize(
     ("change", "env_change", "message"),
     [

@@ -90,10 +90,8 @@ def test_shard_tasks_write_what_the_direct_path_writes(ray_local, splits):
         assert shard.data == mix_shard(part, spec, shard.seed)
 
 
-def listening_sockets() -> set[tuple[str, int, str]]:
-    """(address, port, owner command line) of every TCP socket listening on this machine."""
-    import ipaddress
-
+def socket_owners() -> dict[str, str]:
+    """Socket inode -> command line of the process holding it, for every process readable here."""
     owners = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -104,20 +102,36 @@ def listening_sockets() -> set[tuple[str, int, str]]:
                     owners[target[8:-1]] = cmdline
         except OSError:
             continue  # gone, or not ours to read
-    found = set()
+    return owners
+
+
+def listening_sockets(owners: dict[str, str] | None = None) -> set[tuple[str, int, str]]:
+    """(address, port, owner command line) of every TCP socket listening on this machine.
+
+    ``owners`` caches inode owners between calls: the walk over every process's descriptors is
+    redone only when a listener with an unknown inode appears (it costs far more than the tables,
+    and sampling every 50 ms would otherwise take a core from the run being watched)."""
+    import ipaddress
+
+    owners = {} if owners is None else owners
+    listening = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_address, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_address)
-            # /proc prints each 32-bit word in host (little-endian) order
-            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            address = ipaddress.ip_address(packed)
-            if address.version == 6 and address.ipv4_mapped:
-                address = address.ipv4_mapped
-            found.add((str(address), int(hex_port, 16), owners.get(fields[9], "?")))
+            if fields[3] == "0A":  # LISTEN
+                listening.append((fields[1], fields[9]))
+    if any(inode not in owners for _, inode in listening):
+        owners.update(socket_owners())
+    found = set()
+    for local, inode in listening:
+        hex_address, hex_port = local.split(":")
+        raw = bytes.fromhex(hex_address)
+        # /proc prints each 32-bit word in host (little-endian) order
+        packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+        address = ipaddress.ip_address(packed)
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        found.add((str(address), int(hex_port, 16), owners.get(inode, "?")))
     return found
 
 
@@ -136,11 +150,11 @@ def test_two_workers_at_b_match_one_worker_at_2b_and_listen_only_on_the_node_add
     """
     train, val = splits
     settings = {"mixing": MixingSpec("none"), "optim": OptimParams(lr=0.02, warmup_epochs=0), "precision": "float64"}
-    seen, done = set(), threading.Event()
+    seen, done, owners = set(), threading.Event(), {}
 
     def sample() -> None:
         while not done.is_set():
-            seen.update(listening_sockets())
+            seen.update(listening_sockets(owners))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)
@@ -179,9 +193,10 @@ def test_an_infeasible_worker_group_fails_at_once_in_one_line(ray_local, splits,
     )
 
 
-def test_a_worker_group_that_cannot_start_fails_with_the_reason(ray_local, splits, tmp_path, monkeypatch):
+def test_a_worker_group_that_cannot_start_fails_with_the_reason(ray_local, splits, tmp_path, monkeypatch, capsys):
     """The request fits the cluster, but something else holds every CPU: Ray Train would retry the
-    start forever; here it fails after one start timeout, saying why and what is free."""
+    start forever; here it says once that it waits in Ray's queue, and fails after one start
+    timeout, saying why and what is free."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
@@ -202,6 +217,7 @@ def test_a_worker_group_that_cannot_start_fails_with_the_reason(ray_local, split
     assert message.startswith("train.num_workers: 1 worker(s) x {CPU: 1} = {CPU: 1}: the worker group did not start "
                               "within 3s (WorkerGroupStartupTimeoutError: ")
     assert message.endswith("; free now: {CPU: 0}") and "\n" not in message
+    assert capsys.readouterr().err.count("waits in Ray's queue for resources other work holds (free now: {CPU: 0}); up to 3s") == 1
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint_and_a_stopped_run_resumes_exactly(ray_local, splits, tmp_path):

@@ -194,6 +194,29 @@ def test_a_growing_cluster_is_waited_for_once_with_the_demand_and_only_up_to_the
     assert now[0] == 30
 
 
+def test_a_busy_cluster_is_announced_once_and_waited_for_by_the_queue_bound():
+    from pipelines.cluster import Demand
+    from pipelines.cluster.resources import queue_notice
+    from pipelines.cluster.session import RayConnection
+    from pipelines.config import RayParams
+    from pipelines.training.job import LOCAL_QUEUE_WAIT_S
+
+    demand = Demand("train.num_workers: 2 worker(s)", {"CPU": 1.0}, 2)
+    assert queue_notice(demand, {"CPU": 2.0, "memory": 1e9}, "86400") is None
+    assert queue_notice(demand, {"CPU": 1.0}, "86400") == (
+        "train.num_workers: 2 worker(s) x {CPU: 1} = {CPU: 2} waits in Ray's queue for resources other work holds "
+        "(free now: {CPU: 1}); up to 86400s"
+    )
+    params = RayParams(resource_wait_s=30, queue_wait_s=600)
+    local = RayConnection("127.0.0.1:6379", started_local=True, cpus=2, gpus=0, nodes=1)
+    remote = RayConnection("head:6379", started_local=False, cpus=2, gpus=0, nodes=2)
+    assert local.waits(params) == {"resource_wait_s": 0.0}  # the TrainJob default, LOCAL_QUEUE_WAIT_S, stays
+    assert remote.waits(params) == {"resource_wait_s": 30, "queue_wait_s": 600}
+    assert LOCAL_QUEUE_WAIT_S == 60.0 and RayParams().queue_wait_s == 86400.0
+    with pytest.raises(ValueError, match="queue_wait_s"):
+        RayParams(queue_wait_s=0)
+
+
 def test_the_rendezvous_interface_is_the_one_holding_the_node_address():
     from pipelines.cluster.network import interface_for
 
