@@ -123,13 +123,17 @@ def ensure_feasible(
     )
 
 
+def free_for(demand: Demand, available: Mapping[str, float]) -> str:
+    """What of ``demand``'s resources is free now (``available`` leaves out a resource with
+    nothing free, so it counts as 0)."""
+    return describe({key: available.get(key, 0.0) for key in demand.bundle})
+
+
 def queue_notice(demand: Demand, available: Mapping[str, float], timeout_s: float | str) -> str | None:
     """What to say when ``demand`` fits the cluster but its free resources (``available``, summed
     over nodes) cannot hold it now: another job holds them, and the worker group will wait in
     Ray's queue for up to ``timeout_s``. None when there is room now (as far as totals tell)."""
-    short = {key: amount for key, amount in demand.total.items() if _units(available.get(key, 0.0)) < _units(amount)}
-    if not short:
+    if all(_units(available.get(key, 0.0)) >= _units(amount) for key, amount in demand.total.items()):
         return None
-    free = describe({key: available.get(key, 0.0) for key in demand.bundle})
-    return (f"{demand} waits in Ray's queue for resources other work holds (free now: {free}); "
-            f"up to {float(timeout_s):g}s")
+    return (f"{demand} waits in Ray's queue for resources other work holds (free now: "
+            f"{free_for(demand, available)}); up to {float(timeout_s):g}s")

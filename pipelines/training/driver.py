@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pipelines import storage, tables
-from pipelines.cluster.resources import Demand, describe, ensure_feasible, queue_notice
+from pipelines.cluster.resources import Demand, ensure_feasible, free_for, queue_notice
 from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
 from pipelines.errors import ClusterError, ConfigError, DataError
@@ -152,11 +152,9 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
         reason = _startup_failure(error)
         if reason is None:
             raise
-        available = ray.available_resources()  # a resource with nothing free is left out
-        free = describe({key: available.get(key, 0.0) for key in per_worker})
         raise ClusterError(
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
-            f"{str(reason).splitlines()[0]}); free now: {free}"
+            f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"
         ) from None
     if result.checkpoint is None:
         raise RuntimeError(f"training run {job.run_name} finished without a checkpoint")

@@ -126,6 +126,14 @@ def repro(cluster, client_env, hidden_root):
     return workspace, result, time.monotonic() - started
 
 
+def copy_of(workspace: Path, hidden_root: Path) -> Path:
+    """A copy of ``workspace`` where the nodes cannot see it: the repro's own workspace stays as
+    its dvc.lock says, for the tests that read it."""
+    copy = Path(tempfile.mkdtemp(dir=hidden_root)) / "ws"
+    shutil.copytree(workspace, copy)
+    return copy
+
+
 def nodes_of(info: launcher.ClusterInfo, kind: str, name: str) -> list[str]:
     """Node ids of the cluster's tasks or actors called ``name`` (state API, run as a cluster client)."""
     query = textwrap.dedent(f"""
@@ -203,8 +211,7 @@ def test_dvc_repro_runs_each_ray_stage_as_one_job(repro, cluster, s3, secret, tm
 
 
 def test_a_killed_client_reattaches_to_its_job(repro, cluster, client_env, hidden_root):
-    workspace = Path(tempfile.mkdtemp(dir=hidden_root)) / "ws"
-    shutil.copytree(repro[0], workspace)  # the repro's own workspace stays as dvc.lock says
+    workspace = copy_of(repro[0], hidden_root)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["train"]["epochs"] = 2  # a new job
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -232,8 +239,7 @@ def test_queued_experiments_take_turns_on_the_cluster(repro, cluster, client_env
     """`dvc queue start -j 2` with two train experiments: both jobs run at once, and each wants
     the whole cluster (2 workers x 1 CPU on two 1-CPU nodes), so one worker group waits in Ray's
     queue for the other's CPUs; both succeed."""
-    workspace = Path(tempfile.mkdtemp(dir=hidden_root)) / "ws"
-    shutil.copytree(repro[0], workspace)
+    workspace = copy_of(repro[0], hidden_root)
     git(workspace, "add", "-A")
     git(workspace, "commit", "-qm", "job-mode results")  # the queue runs experiments on this commit
     before = {job["submission_id"] for job in mixpipe_jobs(cluster)}
