@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,8 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: `epochs: true` is not 1 and `lr: "0.1"` is not a number (an int is a float)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 def _unique_nonempty(values: list[str]) -> list[str]:
@@ -304,6 +306,17 @@ def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
     return params
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, except that ``1e-3`` and ``1.0e3`` are floats (YAML 1.2, and
+    DVC's own reading of params.yaml), not the strings that strict validation would refuse."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml", section: str | None = None) -> Any:
     """Load and validate the whole params file; return it, or one section of it.
 
@@ -316,7 +329,7 @@ def load_params(path: str | Path = "params.yaml", section: str | None = None) ->
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_ParamsLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
     except yaml.YAMLError as error:
@@ -335,13 +348,15 @@ def check_registered_names(params: Params) -> None:
     The registries are imported here, at call time, so that importing this module stays cheap
     and the layering (config at the bottom) holds for imports.
     """
-    from pipelines.data import dataset_task
+    from pipelines.data import DATASETS, dataset_task
     from pipelines.merging import MERGE_METHODS
     from pipelines.mixing import MIXERS, MixingSpec, check_loss_task, get_loss
     from pipelines.models import MODELS
+    from pipelines.registry import check_arguments
 
     mixing = params.mixing
     task = dataset_task(params.data.name)
+    check_arguments(DATASETS.get(params.data.name), params.data.options, "data.options")
     MIXERS.get(mixing.method, key="mixing.method")
     for name in mixing.options:
         MIXERS.get(name, key=f"mixing.options.{name}")
@@ -374,6 +389,12 @@ def check_registered_names(params: Params) -> None:
                 raise ConfigError(f"merge.{section}.{name}: {name} does not take {unknown}")
             if section == "search" and name not in params.merge.methods:
                 raise ConfigError(f"merge.search.{name}: {name} is not in merge.methods {params.merge.methods}")
+            if section == "params":
+                check_arguments(entry.function, given, f"merge.params.{name}")
+            else:  # every candidate, so a bad one fails here and not in a trial once Ray runs
+                for parameter, candidates in given.items():
+                    for candidate in candidates:
+                        check_arguments(entry.function, {parameter: candidate}, f"merge.search.{name}")
 
 
 def fingerprint(*objects: Any, length: int = 12) -> str:

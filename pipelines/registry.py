@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import dataclasses
+import inspect
+import json
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from typing import Any, Generic, TypeVar
 
 from pipelines.errors import ConfigError, UnknownNameError
 
@@ -50,9 +55,10 @@ class Registry(Generic[T]):
 
         Raises:
             UnknownNameError: ``name`` is not registered.
-            ConfigError: a parameter is unknown to the class or out of range.
+            ConfigError: a parameter is unknown to the class, of the wrong type, or out of range.
         """
         cls = self.get(name, key=key)
+        check_arguments(cls, params, options_key)
         try:
             return cls(**params)  # type: ignore[operator]
         except TypeError as error:
@@ -87,3 +93,45 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@cache
+def _hints(target: Callable[..., Any]) -> dict[str, Any]:
+    # a dataclass's fields: the class's own hints resolve each field in the module that declares it
+    function = target if dataclasses.is_dataclass(target) else target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(function, include_extras=True)
+    except (NameError, TypeError):  # an annotation that does not resolve: nothing to check against
+        return {}
+
+
+@cache
+def _strict_adapter(annotation: Any) -> Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+
+
+def check_arguments(target: Callable[..., Any], given: Mapping[str, Any], key: str) -> None:
+    """Check each of ``given`` against the annotation of the parameter of ``target`` (a function,
+    or a class's ``__init__``) with that name, strictly: ``true`` is not an int, ``"0.5"`` is not a
+    float (an int is a float). Names ``target`` does not annotate are left to the call.
+
+    Args:
+        key: the params.yaml key the values came from (``merge.params.ties``), named in the error.
+
+    Raises:
+        ConfigError: ``<key>.<name> <what it should be>, got <value>``.
+    """
+    from pydantic import ValidationError
+
+    hints = _hints(target)
+    for name, value in given.items():
+        if name not in hints:
+            continue
+        try:
+            # as JSON: the values come from YAML, which has lists where a parameter takes a tuple
+            _strict_adapter(hints[name]).validate_json(json.dumps(value, default=str))
+        except ValidationError as error:
+            message = error.errors()[0]["msg"]
+            raise ConfigError(f"{key}.{name}: {message[0].lower()}{message[1:]}, got {value!r}") from None

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipelines import storage, tables
 from pipelines.data.dataset import ArrayDataset
 from pipelines.errors import ConfigError, DataError
-from pipelines.registry import Registry
+from pipelines.registry import Registry, check_arguments
 
 DatasetLoader = Callable[..., ArrayDataset]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
@@ -173,6 +173,7 @@ def load_dataset(name: str, source: str | None = None, seed: int = 0, options: d
         DataError: the source cannot be read as this dataset.
     """
     loader = DATASETS.get(name, key="data.name")
+    check_arguments(loader, options or {}, "data.options")
     try:
         return loader(source=source, seed=seed, **(options or {}))
     except TypeError as error:

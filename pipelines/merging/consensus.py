@@ -28,19 +28,26 @@ def elect_sign(
 def disjoint_merge(
     stacked: torch.Tensor, sign: torch.Tensor, combine: Literal["mean", "sum"] = "mean", weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Combine, per entry, only the nonzero values whose sign agrees with ``sign``.
+    """Combine, per entry, only the nonzero weighted values ``w_i * stacked_i`` whose sign agrees
+    with ``sign``.
+
+    Agreement is judged on the weighted values, the same ones the sign was elected from: a model
+    with a negative weight (task negation) contributes ``-tau`` and agrees where ``-tau`` has the
+    elected sign, as mergekit and FusionBench do. Judging it on ``tau`` would add ``w * tau``
+    against the elected sign.
 
     Args:
-        combine: ``"mean"`` averages the agreeing values (TIES' disjoint mean; an entry with none
-            gives 0); ``"sum"`` adds them.
-        weights: per-model weights ``[M]`` applied to the values first (for ``"mean"`` the result is
-            the weighted mean of the agreeing ones).
+        combine: ``"mean"`` divides the agreeing weighted values by the sum of their weights'
+            magnitudes (TIES' disjoint mean; an entry with none gives 0); ``"sum"`` adds them.
+        weights: per-model weights ``[M]``; default 1 each.
     """
-    agree = (torch.sign(stacked) == sign.unsqueeze(0)) & (stacked != 0)
     w = torch.ones(stacked.shape[0], dtype=stacked.dtype, device=stacked.device) if weights is None else weights.to(stacked)
     w = w.reshape(-1, *([1] * (stacked.ndim - 1)))
-    values = torch.where(agree, stacked * w, torch.zeros_like(stacked)).sum(0)
+    weighted = stacked * w
+    agree = (torch.sign(weighted) == sign.unsqueeze(0)) & (weighted != 0)
+    values = torch.where(agree, weighted, torch.zeros_like(stacked)).sum(0)
     if combine == "sum":
         return values
-    mass = torch.where(agree, w.expand_as(stacked), torch.zeros_like(stacked)).sum(0)
+    # magnitudes: a negated model must not flip the sign of the mean it takes part in
+    mass = torch.where(agree, w.abs().expand_as(stacked), torch.zeros_like(stacked)).sum(0)
     return torch.where(mass > 0, values / mass.clamp(min=torch.finfo(stacked.dtype).tiny), torch.zeros_like(values))

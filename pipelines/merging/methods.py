@@ -7,8 +7,10 @@ dict with the indices of the models it used; :mod:`pipelines.merging.registry` n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from pipelines.errors import ConfigError
 from pipelines.merging import alignment
@@ -16,6 +18,18 @@ from pipelines.merging.state import StateDict, check_compatible, weighted_averag
 from pipelines.merging.task_vectors import TaskVectorOptions, merge_task_vectors, model_stock_ratio, slerp
 
 Merged = tuple[StateDict, list[int]]
+
+# The parameters' types and ranges: params.yaml values (merge.params, every merge.search candidate)
+# are checked against these signatures before any stage starts Ray (registry.check_arguments).
+Density = Annotated[float, Field(gt=0, le=1)]
+Gamma = Annotated[float, Field(ge=0, lt=1)]
+Unit = Annotated[float, Field(ge=0, le=1)]
+TopkScope = Literal["tensor", "model"]
+Election = Literal["weighted", "unweighted"]
+ZeroSum = Literal["zero", "positive"]
+Combine = Literal["mean", "sum"]
+Rescale = Literal["inverse_density", "l1"] | None
+Seed = Annotated[int, Field(ge=0)]
 
 
 def _all(states: Sequence[StateDict]) -> list[int]:
@@ -41,8 +55,8 @@ def task_arithmetic(
 
 def ties(
     states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
-    density: float = 0.2, topk_scope: str = "tensor", election: str = "weighted", zero_sum: str = "positive",
-    combine: str = "mean",
+    density: Density = 0.2, topk_scope: TopkScope = "tensor", election: Election = "weighted",
+    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
     """TIES-Merging (Yadav et al., NeurIPS 2023): trim each task vector to its top ``density``
     by magnitude (paper: 0.2, over the whole model; default here per tensor, as mergekit), elect
@@ -53,7 +67,7 @@ def ties(
 
 def dare_linear(
     states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
-    density: float = 0.5, rescale: str | None = "inverse_density", seed: int = 0,
+    density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0,
 ) -> Merged:
     """DARE (Yu et al., ICML 2024) then task arithmetic: drop entries at random, keep
     ``density`` of them rescaled by ``1 / density`` (the paper; ``rescale="l1"`` as mergekit)."""
@@ -63,8 +77,8 @@ def dare_linear(
 
 def dare_ties(
     states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
-    density: float = 0.5, rescale: str | None = "inverse_density", seed: int = 0, election: str = "weighted",
-    zero_sum: str = "positive", combine: str = "mean",
+    density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0, election: Election = "weighted",
+    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
     """DARE's random drop, then TIES' sign election and disjoint mean."""
     options = TaskVectorOptions(
@@ -75,7 +89,7 @@ def dare_ties(
 
 def breadcrumbs(
     states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
-    density: float = 0.9, gamma: float = 0.01, rescale: str | None = None,
+    density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None,
 ) -> Merged:
     """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024): per tensor, drop the top ``gamma``
     outliers and keep the next ``density`` by magnitude, then task arithmetic."""
@@ -85,8 +99,8 @@ def breadcrumbs(
 
 def breadcrumbs_ties(
     states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
-    density: float = 0.9, gamma: float = 0.01, rescale: str | None = None, election: str = "weighted",
-    zero_sum: str = "positive", combine: str = "mean",
+    density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None, election: Election = "weighted",
+    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
     """Breadcrumbs' outlier-trimmed sparsification, then TIES' sign election and disjoint mean."""
     options = TaskVectorOptions(
@@ -95,7 +109,7 @@ def breadcrumbs_ties(
     return merge_task_vectors(states, base, "breadcrumbs", True, options), _all(states)
 
 
-def slerp_merge(states: Sequence[StateDict], t: float = 0.5) -> Merged:
+def slerp_merge(states: Sequence[StateDict], t: Unit = 0.5) -> Merged:
     """SLERP of exactly two models, tensor by tensor (``t = 0`` gives the first)."""
     if len(states) != 2:
         raise ConfigError(f"merge: slerp merges exactly 2 models, got {len(states)}")
@@ -127,7 +141,7 @@ def model_stock(states: Sequence[StateDict], base: StateDict) -> Merged:
 
 def fisher(
     states: Sequence[StateDict], fishers: Sequence[StateDict], weights: Sequence[float] | None = None,
-    epsilon: float = 1e-8,
+    epsilon: Annotated[float, Field(ge=0)] = 1e-8,
 ) -> Merged:
     """Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS
     2022): per entry, ``sum_i w_i F_i theta_i / sum_i w_i F_i`` with ``F_i`` model i's diagonal
@@ -152,7 +166,7 @@ def fisher(
 
 
 def regmean(
-    states: Sequence[StateDict], grams: Sequence[StateDict], alpha: float = 0.9
+    states: Sequence[StateDict], grams: Sequence[StateDict], alpha: Unit = 0.9
 ) -> Merged:
     """RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models",
     ICLR 2023): for a linear layer ``y = x W^T``, the ``W`` minimising ``sum_i ||X_i W^T - X_i W_i^T||^2``
@@ -183,7 +197,8 @@ def regmean(
 
 
 def weight_matching(
-    states: Sequence[StateDict], weights: Sequence[float] | None = None, seed: int = 0, max_passes: int = 100
+    states: Sequence[StateDict], weights: Sequence[float] | None = None, seed: Seed = 0,
+    max_passes: Annotated[int, Field(gt=0)] = 100,
 ) -> Merged:
     """Git Re-Basin weight matching (Ainsworth et al., ICLR 2023), then a weighted average: every
     model is permuted to the first one's hidden-unit order (:func:`alignment.weight_matching`,

@@ -14,9 +14,15 @@ Rescale = Literal["inverse_density", "l1"] | None
 
 
 def keep_count(numel: int, fraction: float) -> int:
-    """How many of ``numel`` entries a ``fraction`` keeps: ``int(fraction * numel)``, as mergekit
-    rounds (TIES' 20% of 8 entries keeps 1)."""
-    return int(fraction * numel)
+    """How many of ``numel`` entries a density ``fraction`` keeps: ``int(fraction * numel)``, as
+    mergekit rounds (TIES' 20% of 8 entries keeps 1), but at least one of a non-empty tensor.
+
+    Rounding down to none would leave every tensor of fewer than ``1 / fraction`` entries (biases,
+    a classifier's few outputs) at the base whatever the fine-tunes learned; mergekit refuses a
+    density that keeps nothing, and keeping the largest entry is what its top-k would do at the
+    smallest density it accepts.
+    """
+    return max(1, int(fraction * numel)) if fraction > 0 and numel > 0 else 0
 
 
 def _largest(magnitude: torch.Tensor, count: int) -> torch.Tensor:
@@ -87,10 +93,10 @@ def breadcrumbs(task_vector: torch.Tensor, density: float, gamma: float, rescale
     fraction, per tensor, as mergekit's ``magnitude_outliers`` does.
 
     Of ``n`` entries, the ``int(gamma * n)`` largest are dropped and the following
-    ``int(density * n)`` kept.
+    :func:`keep_count` ``(n, density)`` kept.
     """
     n = task_vector.numel()
-    top = keep_count(n, gamma)
+    top = int(gamma * n)  # outliers dropped: none when gamma * n < 1
     outliers = _largest(task_vector.abs(), top)
     kept = _largest(task_vector.abs(), top + keep_count(n, density)) & ~outliers
     out = torch.where(kept, task_vector, torch.zeros_like(task_vector))

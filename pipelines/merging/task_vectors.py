@@ -118,22 +118,29 @@ def merge_task_vectors(
     return merged
 
 
+# mergekit's threshold: past it sin θ < 0.032 and the spherical weights are dominated by rounding
+PARALLEL_COS = 0.9995
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
     """Spherical interpolation (Shoemake, SIGGRAPH 1985) of two tensors seen as flat vectors.
 
     The angle comes from the normalised vectors; the weights ``sin((1-t)θ)/sin θ`` and
     ``sin(tθ)/sin θ`` apply to the original ones (as mergekit does), so ``a = [1,0,0,0]``,
-    ``b = [0,2,0,0]``, ``t = 0.5`` give ``[0.7071, 1.4142, 0, 0]``. Nearly parallel vectors (or a
-    zero one) fall back to linear interpolation.
+    ``b = [0,2,0,0]``, ``t = 0.5`` give ``[0.7071, 1.4142, 0, 0]``.
+
+    Nearly parallel *or antiparallel* vectors (``|cos θ| > PARALLEL_COS``), and a zero one, fall
+    back to linear interpolation, as mergekit and FusionBench do: near θ = π the weights divide by
+    ``sin θ ≈ 0`` while both grow, so inputs of norm 64 gave a result of norm 1.3e5.
     """
     va, vb = a.double().flatten(), b.double().flatten()
     na, nb = va.norm(), vb.norm()
     if na < eps or nb < eps:
         return torch.lerp(a.double(), b.double(), t).to(a.dtype)
     cos = torch.clamp(torch.dot(va / na, vb / nb), -1.0, 1.0)
-    theta = torch.arccos(cos)
-    if torch.sin(theta).abs() < 1e-6:
+    if cos.abs() > PARALLEL_COS:
         return torch.lerp(a.double(), b.double(), t).to(a.dtype)
+    theta = torch.arccos(cos)
     s0 = torch.sin((1 - t) * theta) / torch.sin(theta)
     s1 = torch.sin(t * theta) / torch.sin(theta)
     return (s0 * a.double() + s1 * b.double()).to(a.dtype)
@@ -142,7 +149,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torc
 def model_stock_ratio(taus: torch.Tensor, eps: float = 1e-12) -> float:
     """Model Stock's interpolation ratio (Jang et al., ECCV 2024, https://arxiv.org/abs/2403.19522)
     for one layer: with ``cos θ`` the mean pairwise cosine between the ``N`` fine-tunes' task
-    vectors (rows of ``taus``), ``t = N cos θ / (1 + (N - 1) cos θ)``."""
+    vectors (rows of ``taus``), ``t = N cos θ / (1 + (N - 1) cos θ)``.
+
+    The paper's geometry needs ``cos θ > 0``: at ``cos θ <= 0`` the ratio is at most 0 and its
+    denominator reaches 0 at ``cos θ = -1 / (N - 1)`` (two opposite task vectors gave a layer of
+    9.8e7), so fine-tunes that share no direction keep the base (``t = 0``).
+    """
     count = taus.shape[0]
     flat = taus.reshape(count, -1).double()
     norms = flat.norm(dim=1)
@@ -152,4 +164,6 @@ def model_stock_ratio(taus: torch.Tensor, eps: float = 1e-12) -> float:
     cosines = unit @ unit.T
     pairs = torch.triu_indices(count, count, offset=1)
     cos = float(cosines[pairs[0], pairs[1]].mean())
+    if cos <= 0:
+        return 0.0
     return count * cos / (1 + (count - 1) * cos)
