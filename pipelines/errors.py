@@ -19,3 +19,7 @@ class DataError(MixpipeError):
 
 class ClusterError(MixpipeError):
     """Ray could not be reached or a submitted job failed."""
+
+
+class TrainingDiverged(MixpipeError):
+    """A training run's loss became NaN or infinite; its last finite epoch's checkpoint is kept."""

@@ -308,18 +308,40 @@ def to_frame(arrow: pa.Table) -> pd.DataFrame:
     return arrow.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def validate(arrow: pa.Table, table: str | TableSpec) -> None:
-    """Raise :class:`DataError` unless ``arrow`` matches the table's types and checks."""
+def validate(arrow: pa.Table, table: str | TableSpec, source: str | None = None) -> None:
+    """Raise :class:`DataError` unless ``arrow`` matches the table's types and checks; the message
+    is one line naming ``source`` (the file), the column, the check and the first failing row."""
     spec = _spec(table)
+    where = f"{source}: " if source else ""
     actual = [(f.name, f.type) for f in arrow.schema]
     expected = [(f.name, f.type) for f in spec.arrow_schema]
     if actual != expected:
-        raise DataError(f"table {spec.name}: columns {actual} do not match {expected}")
+        raise DataError(f"{where}table {spec.name}: columns {actual} do not match {expected}")
     try:
         spec.pandera_schema.validate(to_frame(arrow), lazy=True)
     except (SchemaError, SchemaErrors) as error:
-        lines = str(error).strip().splitlines()
-        raise DataError(f"table {spec.name} failed validation: {' '.join(lines)[:2000]}") from None
+        raise DataError(f"{where}table {spec.name}: {first_failure(error)}") from None
+
+
+def first_failure(error: SchemaError | SchemaErrors) -> str:
+    """pandera's report (thousands of characters of JSON) as one short phrase: where the first
+    failure is and how many there are."""
+    cases = getattr(error, "failure_cases", None)
+    if not isinstance(cases, pd.DataFrame) or cases.empty:
+        return str(error).strip().splitlines()[0][:300]
+    first = cases.iloc[0]
+
+    def known(name: str) -> Any:
+        value = first.get(name)
+        return None if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else value
+
+    column, check, index, value = known("column"), known("check"), known("index"), known("failure_case")
+    text = f"column {column!r} fails {check}" if column is not None else f"fails {check}"
+    if index is not None:
+        text += f" at row {int(index)}"
+    if value is not None:
+        text += f" (value {str(value)[:60]})"
+    return text + (f"; {len(cases)} failures in all" if len(cases) > 1 else "")
 
 
 def parquet_bytes(arrow: pa.Table, metadata: dict[str, Any] | None = None) -> bytes:
@@ -378,7 +400,7 @@ def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") ->
         raise DataError(f"table {spec.name}: {source} is not readable Parquet ({error})") from None
     raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
     metadata = json.loads(raw) if raw else {}
-    validate(arrow, _spec_of_schema(table, arrow.schema))
+    validate(arrow, _spec_of_schema(table, arrow.schema), source)
     return arrow.replace_schema_metadata(None), metadata
 
 

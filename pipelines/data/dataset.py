@@ -68,3 +68,39 @@ class MixedDataset(ArrayDataset):
         return replace(
             self, x=self.x[index], y=self.y[index], ids=self.ids[index], y_partner=self.y_partner[index], lam=self.lam[index]
         )
+
+
+def check_values(data: ArrayDataset, where: str, column: str = "x") -> None:
+    """Refuse what would silently corrupt every stage after this one: a non-finite input (one NaN
+    made prepare's normalisation statistics, and so every feature, NaN), a non-finite regression
+    target, and an id that appears twice (its rows would land in several splits).
+
+    Args:
+        where: what the data came from (a file), named in the error.
+        column: the inputs' column name in that source.
+
+    Raises:
+        DataError: naming the first bad row, its id and how many rows are bad.
+    """
+    from pipelines.errors import DataError
+
+    flat = data.x.reshape(len(data), -1)
+    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if bad_rows.size:
+        row = int(bad_rows[0])
+        element = int(np.flatnonzero(~np.isfinite(flat[row]))[0])
+        raise DataError(
+            f"{where}: row {row} (id {int(data.ids[row])}) of {column!r} holds {flat[row, element]} at element {element}"
+            f"{f' ({bad_rows.size} rows in all)' if bad_rows.size > 1 else ''}; drop or repair those rows"
+        )
+    if data.task == "regression" and not np.isfinite(data.y).all():
+        row = int(np.flatnonzero(~np.isfinite(data.y))[0])
+        raise DataError(f"{where}: row {row} (id {int(data.ids[row])}) has the target {data.y[row]}; drop or repair it")
+    ids, first, counts = np.unique(data.ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        duplicate = int(ids[counts > 1][0])
+        rows = np.flatnonzero(data.ids == duplicate)[:3].tolist()
+        raise DataError(
+            f"{where}: id {duplicate} is in rows {rows}{f' ({int((counts > 1).sum())} ids repeat)' if (counts > 1).sum() > 1 else ''}; "
+            "ids must be unique, or a sample lands in more than one split"
+        )

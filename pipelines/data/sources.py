@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage, tables
-from pipelines.data.dataset import ArrayDataset
+from pipelines.data.dataset import ArrayDataset, check_values
 from pipelines.errors import ConfigError, DataError
 from pipelines.registry import Registry, check_arguments
 
@@ -145,7 +146,16 @@ def load_parquet(
             f"{url}: {x_column!r} must be a list of numbers and {y_column!r} integer labels; "
             f"got {arrow.schema.field(x_column).type} and {arrow.schema.field(y_column).type} ({error})"
         ) from None
-    tables.validate(table, tables.USER_DATASET)
+    tables.validate(table, tables.USER_DATASET, url)
+    elements = pc.list_flatten(table["x"])
+    if elements.null_count:
+        parents = pc.list_parent_indices(table["x"])
+        position = pc.index(pc.is_null(elements), True).as_py()
+        row = parents[position].as_py()
+        raise DataError(
+            f"{url}: row {row} of {x_column!r} holds a null element ({elements.null_count} nulls in all); "
+            "drop or repair those rows"
+        )
     flat = np.array(table["x"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
     rows = table.num_rows
     width = flat.size // max(rows, 1)
@@ -175,8 +185,10 @@ def load_dataset(name: str, source: str | None = None, seed: int = 0, options: d
     loader = DATASETS.get(name, key="data.name")
     check_arguments(loader, options or {}, "data.options")
     try:
-        return loader(source=source, seed=seed, **(options or {}))
+        data = loader(source=source, seed=seed, **(options or {}))
     except TypeError as error:
         if "unexpected keyword" not in str(error):
             raise
         raise ConfigError(f"data.options: dataset {name!r} does not take these options ({error})") from None
+    check_values(data, source or f"dataset {name}", (options or {}).get("x_column", "x"))
+    return data

@@ -19,13 +19,13 @@ from pipelines import storage, tables
 from pipelines.cluster.resources import Demand, ensure_feasible, free_for, queue_notice
 from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
-from pipelines.errors import ClusterError, ConfigError, DataError
+from pipelines.errors import ClusterError, ConfigError, DataError, TrainingDiverged
 from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
 from pipelines.training.job import TrainJob, resolve_use_gpu
-from pipelines.training.loop import train_loop_per_worker
+from pipelines.training.loop import DIVERGED, train_loop_per_worker
 from pipelines.training.state import load_train_state
 
 # Ray Train's own bound on one attempt to place and start the worker group (its default is 60 s,
@@ -156,6 +156,14 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"
         ) from None
+    metrics = result.metrics or {}
+    if metrics.get(DIVERGED):
+        kept = f"epoch {metrics['epoch'] - 1}'s checkpoint is kept in {result.path}" if result.checkpoint else "no checkpoint"
+        raise TrainingDiverged(
+            f"{job.params_key}: run {job.run_name} stopped at epoch {metrics['epoch']}: its loss is not finite "
+            f"(train_loss {metrics['train_loss']}, val_loss {metrics['val_loss']}); {kept} and no model is written. "
+            f"Lower {job.params_key}.optim.lr, or look for extreme values in the data"
+        )
     if result.checkpoint is None:
         raise RuntimeError(f"training run {job.run_name} finished without a checkpoint")
     with tempfile.TemporaryDirectory(prefix="mixpipe-final-") as directory:

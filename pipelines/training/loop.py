@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -114,6 +115,10 @@ class StepMixing:
         )
 
 
+# the metric a run reports, without a checkpoint, at the epoch its loss stops being finite
+DIVERGED = "mixpipe_diverged"
+
+
 def train_epoch(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, mixing: StepMixing, x: torch.Tensor, y: torch.Tensor,
     job: TrainJob, rank: int, world: int, epoch: int, use_amp: bool,
@@ -213,6 +218,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "world_size": world,
             "attempt": progress.attempt,
         }
+        if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
+            # Every rank sees the same all-reduced losses and stops here. Reported without a
+            # checkpoint and returned from, not raised: Ray Train would retry a raised error from
+            # the last checkpoint, and diverge again. The driver turns the flag into the error.
+            ray.train.report({**record, DIVERGED: True})
+            return
         history.append(record)
         if rank == 0:
             log.info(
