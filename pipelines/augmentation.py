@@ -15,6 +15,7 @@ import torch
 
 from pipelines import storage, tables
 from pipelines.data import ArrayDataset, contiguous_share, mixed_samples_table
+from pipelines.errors import ConfigError
 from pipelines.mixing import MixingSpec
 from pipelines.seeding import derive_seed, torch_generator
 
@@ -58,12 +59,21 @@ def _shard_task(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> tuple[b
     return mix_shard(dataset, mixing, seed), ray.get_runtime_context().get_node_id()
 
 
+def check_shard_count(num_shards: int, rows: int) -> None:
+    """Every shard gets at least one row (checked before Ray starts).
+
+    Raises:
+        ConfigError: naming ``augment.num_shards``.
+    """
+    if not 1 <= num_shards <= rows:
+        raise ConfigError(f"augment.num_shards must be in [1, {rows}] (the train split's rows), got {num_shards}")
+
+
 def build_shards(dataset: ArrayDataset, mixing: MixingSpec, num_shards: int, seed: int) -> list[Shard]:
     """Mix ``dataset`` into ``num_shards`` shards, one Ray task each (needs a connected Ray)."""
     import ray
 
-    if not 1 <= num_shards <= len(dataset):
-        raise ValueError(f"augment.num_shards must be in [1, {len(dataset)}], got {num_shards}")
+    check_shard_count(num_shards, len(dataset))
     task = ray.remote(num_cpus=1)(_shard_task)
     seeds = [shard_seed(seed, mixing.method, i) for i in range(num_shards)]
     pending = [

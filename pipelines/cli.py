@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("revs", nargs="*", help="git revisions or experiment names ('workspace' for files here)")
     compare.add_argument("--table", default="evaluation", help="result table (evaluation, merges, trials)")
     compare.add_argument("--metric", default="accuracy")
-    compare.add_argument("--path", help="the table's file (default: results/<table>.parquet)")
+    compare.add_argument("--path", help="the table's file (default: <paths.results>/<table>.parquet, as params.yaml has it at each revision)")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(run=_compare)
 

@@ -1,7 +1,8 @@
 """params.yaml, validated: one frozen pydantic model per section.
 
 Every stage loads the whole file through :func:`load_params`, so a bad value anywhere fails
-before any work starts, with a one-line message that names the key and the value.
+before any work starts, with a one-line message that names the key and the value. Names looked up
+in registries are checked one floor up, in :mod:`pipelines.validation`.
 """
 
 from __future__ import annotations
@@ -257,6 +258,8 @@ class PathsParams(Section):
     results: str = "results"
     plots: str = "results/plots"
     report: str = "report"
+    live: str = "dvclive"
+    metrics: str = "metrics.json"
     run_state: str = ".mixpipe/ray"
 
 
@@ -291,19 +294,18 @@ def _format_error(error: ValidationError, source: str) -> str:
 
 
 def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
-    """Validate a params mapping (as read from YAML).
+    """Validate a params mapping (as read from YAML): types, ranges and cross-field rules. Registry
+    names and the registered methods' options are :mod:`pipelines.validation`'s.
 
     Raises:
-        ConfigError: a value is invalid or a name is not registered.
+        ConfigError: a value is invalid.
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping of sections, got {type(raw).__name__}")
     try:
-        params = Params.model_validate(raw)
+        return Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_error(error, source)) from None
-    check_registered_names(params)
-    return params
 
 
 class _ParamsLoader(yaml.SafeLoader):
@@ -340,61 +342,6 @@ def load_params(path: str | Path = "params.yaml", section: str | None = None) ->
     if section not in Params.model_fields:
         raise ConfigError(f"{path}: no section {section!r}")
     return getattr(params, section)
-
-
-def check_registered_names(params: Params) -> None:
-    """Check every registry name in ``params`` so a typo fails before any stage does work.
-
-    The registries are imported here, at call time, so that importing this module stays cheap
-    and the layering (config at the bottom) holds for imports.
-    """
-    from pipelines.data import DATASETS, dataset_task
-    from pipelines.merging import MERGE_METHODS
-    from pipelines.mixing import MIXERS, MixingSpec, check_loss_task, get_loss
-    from pipelines.models import MODELS
-    from pipelines.registry import check_arguments
-
-    mixing = params.mixing
-    task = dataset_task(params.data.name)
-    check_arguments(DATASETS.get(params.data.name), params.data.options, "data.options")
-    MIXERS.get(mixing.method, key="mixing.method")
-    for name in mixing.options:
-        MIXERS.get(name, key=f"mixing.options.{name}")
-    for name in sorted({mixing.method, *mixing.options, *params.augment.methods, *params.tune.methods} & set(MIXERS.names())):
-        MixingSpec.from_params(mixing, method=name).build()  # options and ranges, before any work
-    loss = get_loss(mixing.loss, **mixing.loss_options)
-    check_loss_task(loss, mixing.loss, task, mixing.label_smoothing)
-    for i, name in enumerate(params.augment.methods):
-        if MIXERS.get(name, key=f"augment.methods.{i}").mixes_hidden:
-            raise ConfigError(f"augment.methods.{i}: {name} mixes hidden features inside the model, so it has no shards")
-    if mixing.source == "shards":
-        if mixing.method not in params.augment.methods:
-            raise ConfigError(
-                f"mixing.source is 'shards' but augment.methods {params.augment.methods} writes none for "
-                f"mixing.method {mixing.method!r}"
-            )
-        if loss.needs_clean:
-            raise ConfigError(f"mixing.loss {mixing.loss!r} needs the clean inputs, which shards do not hold; use mixing.source: online")
-    MODELS.get(params.train.model, key="train.model")
-    for i, name in enumerate(params.tune.methods):
-        MIXERS.get(name, key=f"tune.methods.{i}")
-    for i, name in enumerate(params.merge.methods):
-        MERGE_METHODS.get(name, key=f"merge.methods.{i}")
-    supplied = ("states", "base", "score", "scores", "fishers", "grams")  # the merge stage passes these
-    for section in ("params", "search"):
-        for name, given in getattr(params.merge, section).items():
-            entry = MERGE_METHODS.get(name, key=f"merge.{section}.{name}")
-            unknown = sorted(k for k in given if not entry.accepts(k) or k in supplied)
-            if unknown:
-                raise ConfigError(f"merge.{section}.{name}: {name} does not take {unknown}")
-            if section == "search" and name not in params.merge.methods:
-                raise ConfigError(f"merge.search.{name}: {name} is not in merge.methods {params.merge.methods}")
-            if section == "params":
-                check_arguments(entry.function, given, f"merge.params.{name}")
-            else:  # every candidate, so a bad one fails here and not in a trial once Ray runs
-                for parameter, candidates in given.items():
-                    for candidate in candidates:
-                        check_arguments(entry.function, {parameter: candidate}, f"merge.search.{name}")
 
 
 def fingerprint(*objects: Any, length: int = 12) -> str:

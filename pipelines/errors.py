@@ -17,6 +17,11 @@ class DataError(MixpipeError):
     """An input file or table is missing, malformed or fails its schema."""
 
 
+class StorageError(MixpipeError):
+    """A file could not be written or read where params.yaml points (full disk, a file where a
+    folder should be, no permission)."""
+
+
 class ClusterError(MixpipeError):
     """Ray could not be reached or a submitted job failed."""
 

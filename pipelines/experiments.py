@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
 from pipelines import tables
 from pipelines.errors import DataError
@@ -35,6 +37,24 @@ def read_table_at(path: str, table: str, rev: str, repo: str = ".") -> pd.DataFr
     return tables.to_frame(arrow)
 
 
+def results_dir_at(rev: str, repo: str = ".") -> str:
+    """``paths.results`` of params.yaml as it is at ``rev``, so a revision that wrote its tables
+    elsewhere is read where it wrote them."""
+    from pipelines.config import PathsParams
+
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    default = PathsParams().results
+    try:
+        text = (Path(repo) / "params.yaml").read_text() if rev == WORKSPACE else dvc.api.read("params.yaml", repo=repo, rev=rev)
+        raw = yaml.safe_load(text) or {}
+    except (OSError, DvcException, yaml.YAMLError):  # no readable params.yaml there: the table's own read says what is missing
+        return default
+    paths = raw.get("paths") if isinstance(raw, dict) else None
+    return str(paths.get("results", default)) if isinstance(paths, dict) else default
+
+
 def compare_table(revs: list[str], table: str, metric: str, path: str | None = None) -> pd.DataFrame:
     """One column per revision, one row per model (or merge method, trial, epoch): ``metric``.
 
@@ -45,9 +65,8 @@ def compare_table(revs: list[str], table: str, metric: str, path: str | None = N
         raise DataError(f"--table must be one of {sorted(KEYS)}, got {table!r}")
     if metric not in tables.TABLES[table].columns or metric == KEYS[table]:
         raise DataError(f"table {table} has no metric {metric!r}")
-    path = path or f"results/{table}.parquet"
     columns = {}
     for rev in revs:
-        frame = read_table_at(path, table, rev)
+        frame = read_table_at(path or f"{results_dir_at(rev)}/{table}.parquet", table, rev)
         columns[rev] = frame.set_index(KEYS[table])[metric].astype(float)
     return pd.DataFrame(columns)

@@ -14,6 +14,7 @@ environment (``AWS_ACCESS_KEY_ID``..., ``AWS_ENDPOINT_URL`` for an S3-compatible
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from pipelines.errors import StorageError
 
 _CHUNK = 1 << 20
 OPTIONS_ENV = "MIXPIPE_STORAGE_OPTIONS"
@@ -151,17 +154,39 @@ def atomic_open(url: str, mode: str = "wb") -> Iterator[IO[Any]]:
             yield handle
         return
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
         with fs.open(tmp, mode) as handle:
             yield handle
         fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             fs.rm(tmp)
+        if isinstance(error, OSError):
+            raise write_error(url, error) from None
         raise
+
+
+# what to do about a local write that failed, by errno
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space, or point paths.* at another disk",
+    errno.EDQUOT: "the disk quota is used up: free space, or point paths.* elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check paths.* in params.yaml",
+    errno.EEXIST: "a part of the path is a file, not a folder: check paths.* in params.yaml",
+    errno.EISDIR: "the path is a folder: check paths.* in params.yaml",
+    errno.EACCES: "no permission to write there: check paths.* in params.yaml",
+    errno.EPERM: "no permission to write there: check paths.* in params.yaml",
+    errno.EROFS: "the file system is read-only: point paths.* at a writable folder",
+}
+
+
+def write_error(url: str, error: OSError) -> StorageError:
+    """A failed local write as one line naming the file, the reason and what to do."""
+    reason = error.strerror or str(error)
+    hint = _WRITE_HINTS.get(error.errno or 0, "check paths.* in params.yaml")
+    return StorageError(f"cannot write {url}: {reason} ({hint})")
 
 
 def write_bytes(url: str, data: bytes) -> None:

@@ -12,7 +12,7 @@ picture of mixed examples, ``<plots>/augment/METHOD.png`` (a DVC image plot).
 from __future__ import annotations
 
 from pipelines import storage, tables
-from pipelines.augmentation import build_shards, manifest
+from pipelines.augmentation import build_shards, check_shard_count, manifest
 from pipelines.data import read_prepared
 from pipelines.errors import ConfigError
 from pipelines.evaluation.report import mixed_examples_png
@@ -22,12 +22,13 @@ from stages.common import entrypoint, params, stage_ray
 
 @entrypoint("augment", uses_ray=True)
 def main(argv: list[str]) -> None:
-    p = params()
+    p = params("data", "mixing", "augment")
     if len(argv) != 1 or argv[0] not in p.augment.methods:
         raise ConfigError(f"usage: python -m stages.augment METHOD, METHOD in augment.methods {p.augment.methods}")
     method = argv[0]
     mixing = MixingSpec.from_params(p.mixing, method=method)
     train = read_prepared(p.paths.prepared, "train")
+    check_shard_count(p.augment.num_shards, len(train))
     with stage_ray(p):
         shards = build_shards(train, mixing, p.augment.num_shards, p.seed)
     out = storage.join(p.paths.shards, method)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 from pipelines import storage
 from pipelines.cluster import RayConnection, ray_session
-from pipelines.cluster.job_mode import JobRequest, require_store, run_stage_as_job
+from pipelines.cluster.job_mode import JobRequest, check_store, require_store, run_stage_as_job
 from pipelines.cluster.session import jobs_address
 from pipelines.cluster.stage_io import find_stage
-from pipelines.config import Params, load_params
+from pipelines.config import Params
 from pipelines.errors import MixpipeError
 from pipelines.lifetime import exit_on_signals, watch_parent
 from pipelines.urls import redact
+from pipelines.validation import load_checked
 
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
@@ -36,8 +37,10 @@ def entrypoint(
 
     - A stage that ``uses_ray`` (always, or when its params say so) runs as a Ray job when the
       address is a Jobs API URL (job mode, :mod:`pipelines.cluster.job_mode`); else ``main`` runs here.
-    - A :class:`MixpipeError` becomes one line on stderr and exit 2; any other error prints its
-      traceback and exits 1. Both, and every log record, have URL credentials redacted.
+    - A :class:`MixpipeError`, or an ``OSError`` that names its file (a path in params.yaml that
+      cannot be read), becomes one line on stderr and exit 2; any other error prints its traceback
+      and exits 1. ``--verbose`` (or ``MIXPIPE_VERBOSE=1``, for a stage DVC runs) prints the
+      traceback of any error. Every line, and every log record, has URL credentials redacted.
     - SIGTERM/SIGHUP unwind the stage (a local Ray instance is stopped on the way out), and under
       DVC (``DVC_STAGE`` set) the stage stops when the DVC process that started it is gone.
       Ctrl-C exits 130 without a traceback.
@@ -50,15 +53,21 @@ def entrypoint(
             exit_on_signals()
             if os.environ.get(DVC_STAGE_ENV):
                 watch_parent(f"mixpipe {stage}")
+            argv = [a for a in sys.argv[1:] if a != VERBOSE_FLAG]
+            verbose = len(argv) < len(sys.argv) - 1 or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
             try:
-                argv = sys.argv[1:]
                 if uses_ray and _run_as_job(stage, argv, uses_ray):
                     return
                 main(argv)
             except KeyboardInterrupt:
                 sys.exit(130)
-            except MixpipeError as error:
-                print(redact(f"mixpipe {stage}: error: {error}"), file=sys.stderr)
+            except (MixpipeError, OSError) as error:
+                named = isinstance(error, MixpipeError) or getattr(error, "filename", None) is not None
+                if verbose or not named:
+                    print(redact(traceback.format_exc()), file=sys.stderr, end="")
+                if not named:
+                    sys.exit(1)
+                print(redact(f"mixpipe {stage}: error: {_one_line(error)}"), file=sys.stderr)
                 sys.exit(2)
             except Exception:
                 print(redact(traceback.format_exc()), file=sys.stderr, end="")
@@ -67,6 +76,20 @@ def entrypoint(
         return run
 
     return wrap
+
+
+VERBOSE_FLAG = "--verbose"
+VERBOSE_ENV = "MIXPIPE_VERBOSE"
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as one line: an OSError as ``<file>: <reason>``, any message's first line."""
+    if isinstance(error, OSError) and not isinstance(error, MixpipeError):
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = str(error)
+    first, *rest = text.strip().splitlines() or [type(error).__name__]
+    return first + (f" (full message: {VERBOSE_FLAG} or {VERBOSE_ENV}=1)" if rest else "")
 
 
 def _run_as_job(stage: str, argv: list[str], uses_ray: bool | Callable[[Params], bool]) -> bool:
@@ -104,10 +127,11 @@ def redact_log_records() -> None:
     logging.setLogRecordFactory(redacting)
 
 
-def params() -> Params:
-    """The whole params.yaml, validated (every stage validates everything before working); the
-    shared store's options take effect for this process and the Ray workers it starts."""
-    p = load_params(os.environ.get("MIXPIPE_PARAMS", PARAMS_FILE))
+def params(*sections: str) -> Params:
+    """The whole params.yaml, validated (types and ranges of every section; the registry names of
+    ``sections``, the ones this stage reads); the shared store's options take effect for this
+    process and the Ray workers it starts."""
+    p = load_checked(os.environ.get("MIXPIPE_PARAMS", PARAMS_FILE), sections)
     storage.configure(p.storage.options, storage.protocol_of(p.storage.shared_uri) if p.storage.shared_uri else None)
     return p
 
@@ -115,6 +139,8 @@ def params() -> Params:
 def run_state_uri(params: Params) -> str:
     """Where Ray Train and Tune keep run state: ``storage.shared_uri`` if set, else a local dir."""
     if params.storage.shared_uri:
+        if not storage.is_local(params.storage.shared_uri):
+            check_store(params.storage.shared_uri)  # one line now, not Ray's traceback once a run writes there
         return storage.join(params.storage.shared_uri, "ray")
     return str(Path(params.paths.run_state).resolve())
 

@@ -3,7 +3,7 @@
 Usage:
     python -m stages.evaluate
 
-Reads ``evaluate``; writes ``<results>/evaluation.parquet`` (``evaluation`` table), ``metrics.json``
+Reads ``evaluate``; writes ``<results>/evaluation.parquet`` (``evaluation`` table), ``<metrics>`` (``metrics.json``)
 (DVC metrics: base, the trial best on validation, each merge) and CSV plot data under ``<plots>``.
 Regression reports R², and MSE/RMSE/MAE in the target's units (``target_std`` of prepare's stats).
 """
@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
     metric_names = list(tables.METRICS[card.task])
     metrics = {key: {m: round(float(by_name.loc[name, m]), 6) for m in metric_names} for key, name in summary.items()}
     metrics["best_trial"]["name"] = best_trial
-    storage.write_json("metrics.json", {"test": metrics})
+    storage.write_json(p.paths.metrics, {"test": metrics})
     plotted = evaluation.assign(score=evaluation[metric_names[0]])  # the plot's x: accuracy or R²
     storage.write_text(storage.join(p.paths.plots, "models.csv"), plotted.to_csv(index=False))
     storage.write_text(storage.join(p.paths.plots, "reliability.csv"), reliability.to_csv(index=False))

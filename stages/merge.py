@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 
 import pandas as pd
 import torch
 
 from pipelines import storage, tables
 from pipelines.config import fingerprint
+from pipelines.locks import run_lock
 from pipelines.data import read_prepared
 from pipelines.evaluation import HeldOutObjective, interpolation_curve, loss_barrier, score_state
 from pipelines.memory import peak_rss_above_start
@@ -41,7 +42,7 @@ from stages.common import code_version, entrypoint, params, run_state_uri, stage
 
 @entrypoint("merge", uses_ray=lambda p: bool(p.merge.search))
 def main(argv: list[str]) -> None:
-    p = params()
+    p = params("merge")
     val, test = read_prepared(p.paths.prepared, "val"), read_prepared(p.paths.prepared, "test")
     card = load_card(p.paths.base_model)
     task, scale = get_task(card.task), target_scale(p.paths.prepared, card.task)
@@ -74,9 +75,12 @@ def main(argv: list[str]) -> None:
         return statistics[kind]
 
     weights_hash = [storage.sha256_bytes(state_dict_bytes(s)) for s in states]
+    search_id = fingerprint(p.seed, p.merge, weights_hash, code_version())
     rows, searched = [], []
-    session = stage_ray(p) if p.merge.search else nullcontext()
-    with session:
+    with ExitStack() as session:
+        if p.merge.search:
+            session.enter_context(run_lock(run_state_uri(p), f"merge-search-{search_id}", "merge"))
+            session.enter_context(stage_ray(p))
         for method in p.merge.methods:
             entry = MERGE_METHODS.get(method, key="merge.methods")
             chosen = best_two if method == "slerp" else list(range(len(states)))  # SLERP: two models by definition
@@ -87,7 +91,7 @@ def main(argv: list[str]) -> None:
             if method in p.merge.search:
                 points = search_merge_params(
                     method, members_in, method_base, {**method_params, **supplied}, p.merge.search[method], objective,
-                    run_state_uri(p), f"merge-search-{method}-{fingerprint(p.seed, p.merge, weights_hash, code_version())}",
+                    run_state_uri(p), f"merge-search-{method}-{search_id}",
                 )
                 best = best_point(points)
                 method_params.update(best.params)

@@ -29,7 +29,7 @@ from stages.common import entrypoint, params
 
 @entrypoint("prepare")
 def main(argv: list[str]) -> None:
-    p = params()
+    p = params("data")
     dataset = load_dataset(p.data.name, p.data.source, derive_seed(p.seed, "data"), p.data.options)
     splits = stratified_split(dataset, p.data.val_fraction, p.data.test_fraction, derive_seed(p.seed, "split"))
     mean, std = channel_stats(splits.train)

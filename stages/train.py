@@ -7,7 +7,7 @@ Reads ``seed``, ``train`` and ``mixing``. With ``mixing.source: online`` every b
 loop; with ``shards`` it trains on the augment stage's shards of ``mixing.method`` (checked against
 their manifest) and mixes nothing itself. Writes ``<base_model>/{model.safetensors,card.json}``,
 ``<results>/train_history.parquet`` (``train_history`` table) and DVCLive metrics under
-``dvclive/train``. The Ray run is named from a hash of its params, data and code, so an interrupted
+``<live>/train``. The Ray run is named from a hash of its params, data and code, so an interrupted
 stage resumes and a changed one starts afresh.
 """
 
@@ -20,6 +20,7 @@ from dvclive import Live
 from pipelines import storage, tables
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared, read_shards
+from pipelines.locks import run_lock
 from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard, save_checkpoint
 from pipelines.seeding import derive_seed
@@ -27,12 +28,9 @@ from pipelines.tasks import get_task
 from pipelines.training import TrainJob, history_frame, run_training
 from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray
 
-LIVE_DIR = "dvclive/train"
-
-
 @entrypoint("train", uses_ray=True)
 def main(argv: list[str]) -> None:
-    p = params()
+    p = params("data", "mixing", "train")
     train = read_prepared(p.paths.prepared, "train")
     val = read_prepared(p.paths.prepared, "val")
     data_hash = [storage.sha256_file(storage.join(p.paths.prepared, f"{s}.parquet")) for s in ("train", "val")]
@@ -56,7 +54,7 @@ def main(argv: list[str]) -> None:
         use_gpu=p.train.use_gpu,
         max_failures=p.train.max_failures,
     )
-    with stage_ray(p) as connection:
+    with run_lock(job.storage_path, job.run_name, "train"), stage_ray(p) as connection:
         outcome = run_training(replace(job, **connection.waits(p.ray)), train, val)
 
     last = outcome.history[-1]
@@ -65,7 +63,7 @@ def main(argv: list[str]) -> None:
     save_checkpoint(p.paths.base_model, outcome.state_dict, replace(card, info=info))
     history = history_frame(outcome.history, train.task)
     tables.write_table(history, storage.join(p.paths.results, "train_history.parquet"), tables.table_for("train_history", train.task))
-    with Live(LIVE_DIR, dvcyaml=None, save_dvc_exp=False) as live:
+    with Live(storage.join(p.paths.live, "train"), dvcyaml=None, save_dvc_exp=False) as live:
         for record in outcome.history:
             live.step = int(record["epoch"])
             for name in ("train_loss", "val_loss", score, "lr", "samples_per_s"):

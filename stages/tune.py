@@ -19,8 +19,10 @@ import yaml
 from pipelines import storage, tables
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared
+from pipelines.locks import run_lock
 from pipelines.mixing import MixingSpec
-from pipelines.models import load_card, save_checkpoint
+from pipelines.models import load_card, load_state_dict, model_from_state, save_checkpoint
+from pipelines.models.checkpoints import WEIGHTS
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob
@@ -30,12 +32,13 @@ from stages.common import code_version, entrypoint, params, run_state_uri, stage
 
 @entrypoint("tune", uses_ray=True)
 def main(argv: list[str]) -> None:
-    p = params()
+    p = params("data", "mixing", "tune")
     t = p.tune
     train = read_prepared(p.paths.prepared, "train")
     val = read_prepared(p.paths.prepared, "val")
     card = load_card(p.paths.base_model)
-    weights = storage.read_bytes(storage.join(p.paths.base_model, "model.safetensors"))
+    model_from_state(card, load_state_dict(p.paths.base_model))  # a damaged checkpoint fails here, not in every trial
+    weights = storage.read_bytes(storage.join(p.paths.base_model, WEIGHTS))
     mixing = MixingSpec.from_params(p.mixing, method="none", alpha=1.0)  # each trial sets method, alpha, options
     name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights), code_version())}"
     template = TrainJob(
@@ -44,7 +47,7 @@ def main(argv: list[str]) -> None:
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods})
-    with stage_ray(p) as connection:
+    with run_lock(template.storage_path, name, "tune"), stage_ray(p) as connection:
         template = replace(template, **connection.waits(p.ray))
         outcomes = run_sweep(
             template, points, train, val, experiment_name=name, grace_period=t.grace_period,

@@ -96,9 +96,16 @@ def check_store(store: str) -> None:
     try:
         fs, path = storage.filesystem(store)
         bucket = path.split("/", 1)[0]
-        exists = fs.exists(bucket)
-    except (OSError, ValueError) as error:
-        raise ClusterError(f"storage.shared_uri {store}: {error}") from None
+        fs.info(bucket)  # raises what went wrong; exists() would say False for an unreachable endpoint too
+        exists = True
+    except FileNotFoundError:
+        exists = False
+    except ImportError as error:
+        raise ConfigError(f"storage.shared_uri {store}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - botocore's and gcsfs's errors share no base; each is one line here
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ClusterError(f"storage.shared_uri {store}: cannot reach the store ({type(error).__name__}: {first}); "
+                           "check the endpoint (AWS_ENDPOINT_URL), the credentials and the network") from None
     if not exists:
         raise ConfigError(f"storage.shared_uri {store}: the bucket {bucket!r} does not exist (or these credentials "
                           "cannot see it)")

@@ -82,7 +82,7 @@ def _resolve(name: str, body: Mapping[str, Any], values: Mapping[str, Any]) -> S
     for entry in body.get("params") or []:
         if isinstance(entry, Mapping):  # {params file: [keys]}: only params.yaml is used here
             for keys in entry.values():
-                params.extend(keys)
+                params.extend(sorted(values) if keys is None else keys)  # `params.yaml:` alone: every value
         else:
             params.append(str(entry))
     return StageIO(

@@ -85,7 +85,17 @@ def load_cifar(name: str, source: str) -> tuple[np.ndarray, np.ndarray, int]:
         pixels = np.asarray(batch[b"data"])
         if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
             raise DataError(f"{source}: {folder}/{member}: data must be uint8 [N, 3072], got {pixels.dtype} {pixels.shape}")
+        try:
+            labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{source}: {folder}/{member}: {label_key.decode()} are not integers ({error})") from None
+        if len(labels) != len(pixels):
+            raise DataError(f"{source}: {folder}/{member}: {len(labels)} labels for {len(pixels)} images")
+        outside = np.flatnonzero((labels < 0) | (labels >= classes))
+        if outside.size:
+            raise DataError(f"{source}: {folder}/{member}: label {labels[outside[0]]} at row {outside[0]} is outside "
+                            f"[0, {classes}) ({outside.size} such rows); is it {name}?")
         xs.append(pixels.reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        ys.append(labels)
     x = np.concatenate(xs).astype(np.float32) / np.float32(255.0)
     return x, np.concatenate(ys), classes

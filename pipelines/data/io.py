@@ -102,19 +102,26 @@ def read_shards(directory: str) -> MixedDataset:
             or shards that disagree on input shape or classes.
     """
     manifest_url = storage.join(directory, "manifest.json")
+    rerun = "re-run the augment stage for this method (dvc repro -f -s augment@<method>)"
     try:
         manifest = storage.read_json(manifest_url)
+        entries = [(str(e["file"]), str(e["sha256"]), int(e["rows"])) for e in manifest["shards"]]
     except FileNotFoundError:
         raise DataError(f"{manifest_url}: no shard manifest (run the augment stage for this method)") from None
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, or not a manifest
+        raise DataError(f"{manifest_url}: not a shard manifest ({type(error).__name__}: {error}); {rerun}") from None
     parts, shapes = [], set()
-    for entry in manifest["shards"]:
-        url = storage.join(directory, entry["file"])
-        data = storage.read_bytes(url)
-        if storage.sha256_bytes(data) != entry["sha256"]:
+    for file, sha256, rows in entries:
+        url = storage.join(directory, file)
+        try:
+            data = storage.read_bytes(url)
+        except FileNotFoundError:
+            raise DataError(f"{url}: a shard the manifest lists is missing; {rerun}") from None
+        if storage.sha256_bytes(data) != sha256:
             raise DataError(f"{url}: sha256 differs from the manifest's; the shard was changed or truncated")
         arrow, metadata = tables.parse_arrow(data, "mixed_samples", url)
-        if arrow.num_rows != entry["rows"]:
-            raise DataError(f"{url}: {arrow.num_rows} rows, the manifest records {entry['rows']}")
+        if arrow.num_rows != rows:
+            raise DataError(f"{url}: {arrow.num_rows} rows, the manifest records {rows}")
         shape = tuple(int(d) for d in metadata["input_shape"])
         shapes.add((shape, int(metadata["num_classes"]), str(metadata.get("task", "classification"))))
         parts.append((arrow, shape))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from pipelines import storage, tables
 from pipelines.data.dataset import ArrayDataset, check_values
@@ -115,7 +117,8 @@ def load_cifar100(source: str | None = None, seed: int = 0) -> ArrayDataset:
 @DATASETS.register("parquet")
 def load_parquet(
     source: str | None = None, seed: int = 0, x_column: str = "x", y_column: str = "label",
-    shape: Sequence[int] | None = None, num_classes: int | None = None, id_column: str | None = None,
+    shape: Annotated[Sequence[Annotated[int, Field(gt=0)]], Field(min_length=1)] | None = None,
+    num_classes: Annotated[int, Field(ge=2)] | None = None, id_column: str | None = None,
 ) -> ArrayDataset:
     """A user's Parquet table at any fsspec URL: one list-of-numbers column of inputs, one
     integer label column, optionally a sample-id column.
@@ -134,8 +137,8 @@ def load_parquet(
         arrow = pq.read_table(io.BytesIO(storage.read_bytes(url)))
     except FileNotFoundError:
         raise DataError(f"data.source: no file at {url}") from None
-    except pa.ArrowInvalid as error:
-        raise DataError(f"data.source: {url} is not a Parquet file ({error})") from None
+    except (pa.ArrowException, OSError) as error:  # not Parquet, or a corrupt page (ZSTD) in one
+        raise DataError(f"data.source: {url} is not a readable Parquet file ({str(error).splitlines()[0][:200]})") from None
     missing = [c for c in (x_column, y_column, id_column) if c is not None and c not in arrow.column_names]
     if missing:
         raise DataError(f"{url}: no column(s) {missing}; the table has {arrow.column_names} (set data.options.x_column / y_column)")
@@ -164,6 +167,8 @@ def load_parquet(
         raise DataError(f"data.options.shape {list(shape)} holds {math.prod(shape)} values, but rows of {x_column!r} have {width}")
     y = table["y"].to_numpy()
     classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if classes > rows:  # a model head that size would not fit in memory long before this matters
+        raise DataError(f"data.options.num_classes is {classes}, more classes than the table's {rows} rows")
     if y.max() >= classes:
         raise DataError(f"data.options.num_classes is {classes} but {y_column!r} holds label {int(y.max())}")
     ids = arrow[id_column].to_numpy().astype(np.int64) if id_column else np.arange(rows, dtype=np.int64)

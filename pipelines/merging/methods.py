@@ -30,6 +30,7 @@ ZeroSum = Literal["zero", "positive"]
 Combine = Literal["mean", "sum"]
 Rescale = Literal["inverse_density", "l1"] | None
 Seed = Annotated[int, Field(ge=0)]
+Weights = Annotated[Sequence[float], Field(min_length=1)] | None
 
 
 def _all(states: Sequence[StateDict]) -> list[int]:
@@ -40,13 +41,13 @@ def _weights(weights: Sequence[float] | None) -> tuple[float, ...] | None:
     return None if weights is None else tuple(float(w) for w in weights)
 
 
-def linear(states: Sequence[StateDict], weights: Sequence[float] | None = None) -> Merged:
+def linear(states: Sequence[StateDict], weights: Weights = None) -> Merged:
     """Weighted average of the models (weights normalised to sum 1)."""
     return weighted_average(states, weights), _all(states)
 
 
 def task_arithmetic(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0
 ) -> Merged:
     """``base + scale * sum_i w_i (model_i - base)`` (Ilharco et al., ICLR 2023)."""
     options = TaskVectorOptions(weights=_weights(weights), scale=scale, combine="sum")
@@ -54,7 +55,7 @@ def task_arithmetic(
 
 
 def ties(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
     density: Density = 0.2, topk_scope: TopkScope = "tensor", election: Election = "weighted",
     zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
@@ -66,7 +67,7 @@ def ties(
 
 
 def dare_linear(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
     density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0,
 ) -> Merged:
     """DARE (Yu et al., ICML 2024) then task arithmetic: drop entries at random, keep
@@ -76,7 +77,7 @@ def dare_linear(
 
 
 def dare_ties(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
     density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0, election: Election = "weighted",
     zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
@@ -88,7 +89,7 @@ def dare_ties(
 
 
 def breadcrumbs(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
     density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None,
 ) -> Merged:
     """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024): per tensor, drop the top ``gamma``
@@ -98,7 +99,7 @@ def breadcrumbs(
 
 
 def breadcrumbs_ties(
-    states: Sequence[StateDict], base: StateDict, weights: Sequence[float] | None = None, scale: float = 1.0,
+    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
     density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None, election: Election = "weighted",
     zero_sum: ZeroSum = "positive", combine: Combine = "mean",
 ) -> Merged:
@@ -140,7 +141,7 @@ def model_stock(states: Sequence[StateDict], base: StateDict) -> Merged:
 
 
 def fisher(
-    states: Sequence[StateDict], fishers: Sequence[StateDict], weights: Sequence[float] | None = None,
+    states: Sequence[StateDict], fishers: Sequence[StateDict], weights: Weights = None,
     epsilon: Annotated[float, Field(ge=0)] = 1e-8,
 ) -> Merged:
     """Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS
@@ -197,7 +198,7 @@ def regmean(
 
 
 def weight_matching(
-    states: Sequence[StateDict], weights: Sequence[float] | None = None, seed: Seed = 0,
+    states: Sequence[StateDict], weights: Weights = None, seed: Seed = 0,
     max_passes: Annotated[int, Field(gt=0)] = 100,
 ) -> Merged:
     """Git Re-Basin weight matching (Ainsworth et al., ICLR 2023), then a weighted average: every

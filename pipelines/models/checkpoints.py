@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import nn
 
@@ -69,13 +70,18 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
         return load(storage.read_bytes(url))
     except FileNotFoundError:
         raise DataError(f"no model weights at {url}") from None
+    except SafetensorError as error:  # a damaged header or a truncated file
+        raise DataError(f"{url}: not readable safetensors ({error}); re-run the stage that writes it") from None
 
 
 def load_card(directory: str) -> ModelCard:
+    url = storage.join(directory, CARD)
     try:
-        return ModelCard.from_json(storage.read_json(storage.join(directory, CARD)))
+        return ModelCard.from_json(storage.read_json(url))
     except FileNotFoundError:
-        raise DataError(f"no model card at {storage.join(directory, CARD)}") from None
+        raise DataError(f"no model card at {url}") from None
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, or not a card
+        raise DataError(f"{url}: not a model card ({type(error).__name__}: {error}); re-run the stage that writes it") from None
 
 
 def model_from_state(card: ModelCard, state: dict[str, torch.Tensor]) -> nn.Module:

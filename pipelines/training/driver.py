@@ -89,6 +89,17 @@ def _startup_failure(error: Exception) -> Exception | None:
     return reason if isinstance(reason, (WorkerGroupStartupTimeoutError, WorkerGroupStartupFailedError)) else None
 
 
+def _first_failure(error: Exception) -> str:
+    """The failing worker's error (the lowest rank's) in one line, not Ray's report of every
+    worker's traceback (133 lines for one failed worker)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    cause = failures[min(failures)] if failures else getattr(error, "controller_failure", None) or error
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    # a worker's error text ends with the exception line under its traceback
+    last = next((line for line in reversed(lines) if not line.startswith(("File ", "^", "~"))), type(cause).__name__)
+    return f"{type(cause).__name__}: {last}"[:400]
+
+
 def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
 
@@ -151,7 +162,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     except ray.train.TrainingFailedError as error:
         reason = _startup_failure(error)
         if reason is None:
-            raise
+            raise ClusterError(
+                f"{job.params_key}: run {job.run_name} failed (after {job.max_failures} restart(s) allowed by "
+                f"{job.params_key}.max_failures): {_first_failure(error)}"
+            ) from error
         raise ClusterError(
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"

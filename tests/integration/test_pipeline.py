@@ -20,7 +20,7 @@ from .helpers import TINY_PARAMS, descendants, finish, git, kill_all, make_works
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "augment@mixup", "train", "tune", "merge", "evaluate", "report"]
+STAGES = ["validate", "prepare", "augment@mixup", "train", "tune", "merge", "evaluate", "report"]
 TRIALS = ["t00-mixup-a0.2", "t01-mixup-a1", "t02-cutmix-a0.2", "t03-cutmix-a1"]
 MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp", "fisher", "regmean",
           "weight_matching"]
@@ -122,6 +122,31 @@ def test_second_repro_does_nothing(workspace):
     assert "Data and pipelines are up to date." in again.stdout
 
 
+def test_a_bad_param_stops_dvc_before_any_output_is_touched(workspace):
+    """DVC removes a stage's outputs before running it: the bad value must stop `dvc repro` in the
+    validate stage, before train (whose params changed) loses its model, history and DVCLive files."""
+    path = workspace / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params["train"]["epochs"] = 0
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    outputs = [p for p in (workspace / "models", workspace / "dvclive", workspace / "results") if p.exists()]
+    before = {str(f): f.stat().st_mtime_ns for root in outputs for f in root.rglob("*") if f.is_file()
+              and f.name != "params_check.json"}
+    try:
+        failed = run(workspace, "dvc", "repro", check=False)
+    finally:
+        path.write_text(original)
+    assert failed.returncode != 0
+    assert "train.epochs input should be greater than 0, got 0" in failed.stderr
+    assert "Running stage 'train'" not in failed.stdout
+    after = {str(f): f.stat().st_mtime_ns for root in outputs for f in root.rglob("*") if f.is_file()
+             and f.name != "params_check.json"}
+    assert after == before
+    again = run(workspace, "dvc", "repro")  # the valid params back: validate writes its check again, nothing else runs
+    assert [line for line in again.stdout.splitlines() if line.startswith("Running stage")] == ["Running stage 'validate':"]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "changed"),
     [
@@ -147,8 +172,9 @@ def test_params_are_listed_narrowly(workspace, key, value, changed):
         status = json.loads(run(workspace, "dvc", "status", "--json").stdout)
     finally:
         path.write_text(original)
-    # downstream stages re-run too once these outputs change; `dvc status` lists the direct ones
-    assert set(status) == changed
+    # downstream stages re-run too once these outputs change; `dvc status` lists the direct ones,
+    # and validate, which checks every value first
+    assert set(status) == {"validate", *changed}
 
 
 def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(workspace, tmp_path):

@@ -16,6 +16,7 @@ import torch
 from pipelines.augmentation import build_shards, mix_shard, shard_seed
 from pipelines.cluster import ray_session
 from pipelines.config import OptimParams
+from pipelines.errors import ClusterError, TrainingDiverged
 from pipelines.data import contiguous_share, load_dataset, normalise, channel_stats, stratified_split
 from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard
@@ -238,13 +239,27 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_a_stopped_run_resu
     attempts = [r["attempt"] for r in killed.history]
     assert epochs == [1, 2, 3] and attempts[0] == 0 and attempts[-1] == 1 and attempts == sorted(attempts)
     assert attempts.index(1) in (1, 2)  # resumed from epoch 1 or 2: redid at most the epoch it was killed after
-    with pytest.raises(ray.train.TrainingFailedError):
+    with pytest.raises(ClusterError, match=r"^train: run stopped failed \(after 0 restart\(s\) allowed by train.max_failures\): ") as caught:
         run_training(job(tmp_path, "stopped", epochs=3, max_failures=0, crash_after_epoch=2), train, val)
+    assert "\n" not in str(caught.value)  # Ray's report of it was 133 lines
+    assert isinstance(caught.value.__cause__, ray.train.TrainingFailedError)  # behind --verbose
     resumed = run_training(job(tmp_path, "stopped", epochs=3, max_failures=0), train, val)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3] and resumed.history[-1]["attempt"] == 1
     for outcome in (killed, resumed):
         for key, tensor in full.state_dict.items():
             assert torch.equal(tensor, outcome.state_dict[key]), key
+
+
+def test_a_run_whose_loss_is_not_finite_stops_at_that_epoch_without_a_checkpoint_or_a_retry(ray_local, splits, tmp_path):
+    train, val = splits
+    diverging = job(tmp_path, "diverged", epochs=2, num_workers=1, max_failures=1, optim=OptimParams(lr=1e30, warmup_epochs=0))
+    with pytest.raises(TrainingDiverged) as caught:
+        run_training(diverging, train, val)
+    assert str(caught.value).startswith("train: run diverged stopped at epoch 1: its loss is not finite (train_loss ")
+    assert "; no checkpoint and no model is written. Lower train.optim.lr" in str(caught.value)
+    run = tmp_path / "diverged"
+    assert len(list((run / "mixpipe-attempts").iterdir())) == 1  # max_failures 1, yet not retried
+    assert not [p for p in run.iterdir() if p.name.startswith("checkpoint")]
 
 
 def test_manifold_mixup_with_rankmixup_trains_under_ddp(ray_local, splits, tmp_path):

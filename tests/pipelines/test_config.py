@@ -3,6 +3,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines.config import MixingParams, Params, fingerprint, load_params, parse_params
+from pipelines.validation import check_params
 from pipelines.errors import ConfigError
 
 
@@ -74,7 +75,7 @@ def test_defaults_are_valid_and_frozen():
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
     with pytest.raises(ConfigError) as caught:
-        parse_params(raw)
+        check_params(raw)
     message = str(caught.value)
     assert "\n" not in message
     assert expected in message

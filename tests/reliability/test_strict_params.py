@@ -3,8 +3,9 @@
 
 import pytest
 
-from pipelines.config import load_params, parse_params
+from pipelines.config import load_params
 from pipelines.errors import ConfigError
+from pipelines.validation import check_params
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ from pipelines.errors import ConfigError
 )
 def test_a_value_of_the_wrong_type_is_refused_with_its_key(raw, expected):
     with pytest.raises(ConfigError) as caught:
-        parse_params(raw)
+        check_params(raw)
     message = str(caught.value)
     assert expected in message and "\n" not in message
 
@@ -52,5 +53,5 @@ def test_yaml_floats_in_exponent_form_are_numbers(tmp_path):
 
 
 def test_an_int_is_a_float_and_a_list_is_a_tuple():
-    params = parse_params({"train": {"optim": {"lr": 1}}, "mixing": {"options": {"cutmix": {"cutmix_minmax": [0.2, 1]}}}})
+    params = check_params({"train": {"optim": {"lr": 1}}, "mixing": {"options": {"cutmix": {"cutmix_minmax": [0.2, 1]}}}})
     assert params.train.optim.lr == 1.0
