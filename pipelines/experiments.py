@@ -40,10 +40,10 @@ def read_table_at(path: str, table: str, rev: str, repo: str = ".") -> pd.DataFr
 def results_dir_at(rev: str, repo: str = ".") -> str:
     """``paths.results`` of params.yaml as it is at ``rev``, so a revision that wrote its tables
     elsewhere is read where it wrote them."""
-    from pipelines.config import PathsParams
-
     import dvc.api
     from dvc.exceptions import DvcException
+
+    from pipelines.config import PathsParams
 
     default = PathsParams().results
     try:

@@ -397,8 +397,8 @@ def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") ->
     try:
         arrow = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as error:  # a corrupt page (ZSTD) is an OSError in pyarrow
-        raise DataError(f"{source}: not readable as a {spec.name} table ({str(error).splitlines()[0][:200]}); "
-                        "re-run the stage that writes it") from None
+        raise DataError(f"{source}: not a readable Parquet file for the {spec.name} table "
+                        f"({str(error).splitlines()[0][:200]}); re-run the stage that writes it") from None
     raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
     metadata = json.loads(raw) if raw else {}
     validate(arrow, _spec_of_schema(table, arrow.schema), source)

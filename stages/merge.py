@@ -36,7 +36,7 @@ from pipelines.models import load_card, load_state_dict, model_from_state
 from pipelines.models.checkpoints import state_dict_bytes
 from pipelines.seeding import derive_seed, torch_generator
 from pipelines.tasks import get_task
-from pipelines.tuning.merge_search import best_point, search_merge_params
+from pipelines.tuning.merge_search import best_point, cached_points, search_merge_params
 from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray, target_scale
 
 
@@ -76,9 +76,10 @@ def main(argv: list[str]) -> None:
 
     weights_hash = [storage.sha256_bytes(state_dict_bytes(s)) for s in states]
     search_id = fingerprint(p.seed, p.merge, weights_hash, code_version())
+    search_names = {method: f"merge-search-{method}-{search_id}" for method in p.merge.search}
     rows, searched = [], []
     with ExitStack() as session:
-        if p.merge.search:
+        if any(cached_points(run_state_uri(p), search_names[m], space) is None for m, space in p.merge.search.items()):
             session.enter_context(run_lock(run_state_uri(p), f"merge-search-{search_id}", "merge"))
             session.enter_context(stage_ray(p))
         for method in p.merge.methods:
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> None:
             if method in p.merge.search:
                 points = search_merge_params(
                     method, members_in, method_base, {**method_params, **supplied}, p.merge.search[method], objective,
-                    run_state_uri(p), f"merge-search-{method}-{search_id}",
+                    run_state_uri(p), search_names[method],
                 )
                 best = best_point(points)
                 method_params.update(best.params)

@@ -96,11 +96,11 @@ def check_values(data: ArrayDataset, where: str, column: str = "x") -> None:
     if data.task == "regression" and not np.isfinite(data.y).all():
         row = int(np.flatnonzero(~np.isfinite(data.y))[0])
         raise DataError(f"{where}: row {row} (id {int(data.ids[row])}) has the target {data.y[row]}; drop or repair it")
-    ids, first, counts = np.unique(data.ids, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        duplicate = int(ids[counts > 1][0])
+    ids, counts = np.unique(data.ids, return_counts=True)
+    repeated = ids[counts > 1]
+    if repeated.size:
+        duplicate = int(repeated[0])
         rows = np.flatnonzero(data.ids == duplicate)[:3].tolist()
-        raise DataError(
-            f"{where}: id {duplicate} is in rows {rows}{f' ({int((counts > 1).sum())} ids repeat)' if (counts > 1).sum() > 1 else ''}; "
-            "ids must be unique, or a sample lands in more than one split"
-        )
+        more = f" ({repeated.size} ids repeat)" if repeated.size > 1 else ""
+        raise DataError(f"{where}: id {duplicate} is in rows {rows}{more}; ids must be unique, or a sample lands in more "
+                        "than one split")

@@ -118,7 +118,7 @@ def merge_task_vectors(
     return merged
 
 
-# mergekit's threshold: past it sin θ < 0.032 and the spherical weights are dominated by rounding
+# mergekit's threshold (sin θ < 0.032 past it): near θ = π the spherical weights grow as 1 / sin θ
 PARALLEL_COS = 0.9995
 
 

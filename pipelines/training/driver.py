@@ -25,7 +25,7 @@ from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
 from pipelines.training.job import TrainJob, resolve_use_gpu
-from pipelines.training.loop import DIVERGED, train_loop_per_worker
+from pipelines.training.loop import diverged_marker, train_loop_per_worker
 from pipelines.training.state import load_train_state
 
 # Ray Train's own bound on one attempt to place and start the worker group (its default is 60 s,
@@ -170,8 +170,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"
         ) from None
-    metrics = result.metrics or {}
-    if metrics.get(DIVERGED):
+    fs, marker = storage.filesystem(diverged_marker(job))
+    if fs.exists(marker):
+        metrics = storage.read_json(diverged_marker(job))
+        fs.rm(marker)  # a run of this name that is resumed later reports afresh
         kept = f"epoch {metrics['epoch'] - 1}'s checkpoint is kept in {result.path}" if result.checkpoint else "no checkpoint"
         raise TrainingDiverged(
             f"{job.params_key}: run {job.run_name} stopped at epoch {metrics['epoch']}: its loss is not finite "

@@ -115,8 +115,10 @@ class StepMixing:
         )
 
 
-# the metric a run reports, without a checkpoint, at the epoch its loss stops being finite
-DIVERGED = "mixpipe_diverged"
+def diverged_marker(job: TrainJob) -> str:
+    """Where rank 0 leaves the record of the epoch whose loss stopped being finite (Ray Train's
+    result only carries the metrics of a run's last checkpoint)."""
+    return storage.join(job.storage_path, job.run_name, "mixpipe-diverged.json")
 
 
 def train_epoch(
@@ -219,10 +221,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "attempt": progress.attempt,
         }
         if not (math.isfinite(record["train_loss"]) and math.isfinite(val_loss)):
-            # Every rank sees the same all-reduced losses and stops here. Reported without a
-            # checkpoint and returned from, not raised: Ray Train would retry a raised error from
-            # the last checkpoint, and diverge again. The driver turns the flag into the error.
-            ray.train.report({**record, DIVERGED: True})
+            # Every rank sees the same all-reduced losses and stops here, without a checkpoint.
+            # Returned from, not raised: Ray Train would retry a raised error from the last
+            # checkpoint, and diverge again. The driver reads the marker and raises.
+            if rank == 0:
+                storage.write_json(diverged_marker(job), record)
             return
         history.append(record)
         if rank == 0:

@@ -20,6 +20,8 @@ from pipelines.merging.state import StateDict
 
 # state dict -> (score, loss): higher score is better; the loss breaks ties
 Objective = Callable[[StateDict], tuple[float, float]]
+# a finished search's points, in its run folder: the same search run again (same name) reads them
+RESULTS = "mixpipe-search.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,24 @@ def grid_points(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """Every combination of the listed values, parameters in name order, values in given order."""
     names = sorted(space)
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))]
+
+
+def cached_points(storage_path: str, experiment_name: str, space: Mapping[str, Sequence[Any]]) -> list[SearchPoint] | None:
+    """The points a finished search of this name recorded, if they are this grid's; else None.
+
+    The name is a hash of everything the search computes (seed, merge params, the models' bytes,
+    the code), so a stage re-run for another reason (``evaluate.ece_bins``) does not search again,
+    and needs no Ray.
+    """
+    url = storage.join(storage_path, experiment_name, RESULTS)
+    fs, path = storage.filesystem(url)
+    if not fs.exists(path):
+        return None
+    try:
+        found = [SearchPoint(dict(p["params"]), float(p["score"]), float(p["loss"])) for p in storage.read_json(url)["points"]]
+    except (KeyError, TypeError, ValueError):  # not ours, or half a file: search again
+        return None
+    return found if [p.params for p in found] == grid_points(space) else None
 
 
 def _merge_trial(
@@ -68,13 +88,17 @@ def search_merge_params(
         max_concurrent_trials: 0 lets Ray run as many as the CPUs allow.
 
     Returns:
-        Every point, in grid order; pick with :func:`best_point`.
+        Every point, in grid order; pick with :func:`best_point`. A search of the same name that
+        finished before is read back (:func:`cached_points`) without Tune.
 
     Raises:
         MixpipeError: a trial failed (e.g. a parameter value the method rejects).
     """
     from ray import tune
 
+    cached = cached_points(storage_path, experiment_name, space)
+    if cached is not None:
+        return cached
     points = grid_points(space)
     tune_filesystem, tune_storage = storage.arrow_filesystem(storage_path)
     trainable = tune.with_parameters(
@@ -94,7 +118,10 @@ def search_merge_params(
         if result.error is not None:
             raise MixpipeError(f"merge.search.{method}: the point {point} failed: {result.error}")
         found[json.dumps(point, sort_keys=True)] = SearchPoint(point, float(result.metrics["score"]), float(result.metrics["loss"]))
-    return [found[json.dumps(point, sort_keys=True)] for point in points]
+    ordered = [found[json.dumps(point, sort_keys=True)] for point in points]
+    storage.write_json(storage.join(storage_path, experiment_name, RESULTS),
+                       {"points": [{"params": p.params, "score": p.score, "loss": p.loss} for p in ordered]})
+    return ordered
 
 
 def best_point(points: Sequence[SearchPoint]) -> SearchPoint:

@@ -240,7 +240,7 @@ def test_a_killed_tune_stage_resumes_beside_another_pipeline_and_ends_where_an_u
     (beside / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     trials_file = workspace / "results/trials.parquet"
     uninterrupted = trials_file.read_bytes()
-    [sweep] = [p for p in (workspace / ".mixpipe/ray").iterdir() if p.name.startswith("tune-")]
+    [sweep] = [p for p in (workspace / ".mixpipe/ray").iterdir() if p.name.startswith("tune-") and p.is_dir()]
     storage.filesystem(str(sweep))[0].rm(str(sweep), recursive=True)  # forget the finished sweep
     ledger = sweep / "ledger"
 

@@ -235,7 +235,7 @@ def test_parquet_tables_are_checked_with_clear_errors(tmp_path):
     with pytest.raises(DataError, match="rows of x differ in length"):
         load_dataset("parquet", ragged, options={"x_column": "x"})
     negative = write_user_table(tmp_path, x=rows, label=[0, -1, 2])
-    with pytest.raises(DataError, match="user_dataset failed validation"):
+    with pytest.raises(DataError, match=r"table user_dataset: column 'y' fails greater_than_or_equal_to\(0\) at row 1 \(value -1\)$"):
         load_dataset("parquet", negative, options={"x_column": "x"})
     text = write_user_table(tmp_path, x=rows, label=["a", "b", "c"])
     with pytest.raises(DataError, match="'label' integer labels; got list<element: double> and string"):

@@ -67,7 +67,7 @@ def test_read_validates_files_written_elsewhere(tmp_path):
     with pytest.raises(DataError, match="no file"):
         tables.read_table(str(tmp_path / "missing.parquet"), "evaluation")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    with pytest.raises(DataError, match="not readable Parquet"):
+    with pytest.raises(DataError, match="junk.parquet: not a readable Parquet file for the evaluation table"):
         tables.read_table(str(tmp_path / "junk.parquet"), "evaluation")
 
 

@@ -9,7 +9,7 @@ import pytest
 from pipelines.data import ArrayDataset, load_dataset
 from pipelines.data.dataset import check_values
 from pipelines.errors import DataError
-from stage_runs import one_line_error, repo_params, run_stage
+from stage_runs import one_line, repo_params, run_in_process
 
 ROWS = 40
 
@@ -79,12 +79,12 @@ def test_a_non_finite_regression_target_is_refused():
         check_values(data, "targets.parquet")
 
 
-def test_prepare_stops_in_one_line_and_writes_nothing(tmp_path):
+def test_prepare_stops_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     x = [[float(i), 0.5, -0.5, 1.0] for i in range(ROWS)]
     x[12][1] = float("nan")
     params = repo_params()
     params["data"] = {"name": "parquet", "source": user_table(tmp_path / "user.parquet", x),
                       "options": {"x_column": "pixels", "y_column": "label"}}
-    result = run_stage(tmp_path, params, "prepare")
-    assert one_line_error(result, "prepare").startswith(f"{tmp_path / 'user.parquet'}: row 12 (id 12) of 'pixels' holds nan")
+    line = one_line(*run_in_process(monkeypatch, capsys, tmp_path, params, "prepare"), "prepare")
+    assert line.startswith(f"{tmp_path / 'user.parquet'}: row 12 (id 12) of 'pixels' holds nan")
     assert not (tmp_path / "data").exists()

@@ -36,7 +36,7 @@ def test_a_corrupt_parquet_page_names_the_file(prepared, monkeypatch, capsys):
     data[middle:middle + 64] = bytes(64)  # inside the ZSTD-compressed pages, the footer intact
     path.write_bytes(bytes(data))
     line = one_line(*run_in_process(monkeypatch, capsys, root, params, "augment", "mixup"), "augment")
-    assert line.startswith(f"{path.relative_to(root)}: not readable as a dataset table (")
+    assert line.startswith(f"{path.relative_to(root)}: not a readable Parquet file for the dataset table (")
     assert line.endswith("re-run the stage that writes it")
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pipelines.locks import RunInUse, lock_path, run_lock
-from stage_runs import REPO, one_line_error, repo_params, run_stage
+from stage_runs import REPO, one_line, repo_params, run_in_process
 
 
 def test_a_held_run_is_refused_with_its_holder_and_freed_when_the_holder_dies(tmp_path):
@@ -39,10 +39,10 @@ def test_runs_in_object_storage_lock_a_file_of_this_machine():
 
 
 @pytest.mark.integration
-def test_a_second_train_stage_on_the_same_run_stops_before_starting_ray(tmp_path):
+def test_a_second_train_stage_on_the_same_run_stops_before_starting_ray(tmp_path, monkeypatch, capsys):
     params = repo_params()
     params["train"].update(epochs=1)
-    assert run_stage(tmp_path, params, "prepare").returncode == 0
+    assert run_in_process(monkeypatch, capsys, tmp_path, params, "prepare")[0] == 0
     first = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env={**os.environ, "MIXPIPE_PARAMS": str(tmp_path / "params.yaml"),
                                                              "PYTHONPATH": str(REPO)})
@@ -50,9 +50,8 @@ def test_a_second_train_stage_on_the_same_run_stops_before_starting_ray(tmp_path
         deadline = time.monotonic() + 120
         while not list((tmp_path / ".mixpipe/ray").glob("train-*.lock")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        second = run_stage(tmp_path, params, "train")
+        message = one_line(*run_in_process(monkeypatch, capsys, tmp_path, params, "train"), "train")
         assert first.poll() is None
-        message = one_line_error(second, "train")
         assert message.startswith("train: run train-") and f"is in use by pid {first.pid} on " in message
         assert not (tmp_path / "models").exists()
     finally:
