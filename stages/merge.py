@@ -78,9 +78,10 @@ def main(argv: list[str]) -> None:
     search_id = fingerprint(p.seed, p.merge, weights_hash, code_version())
     search_names = {method: f"merge-search-{method}-{search_id}" for method in p.merge.search}
     rows, searched = [], []
+    run_state = run_state_uri(p) if p.merge.search else ""  # once: on a store it probes the store
     with ExitStack() as session:
-        if any(cached_points(run_state_uri(p), search_names[m], space) is None for m, space in p.merge.search.items()):
-            session.enter_context(run_lock(run_state_uri(p), f"merge-search-{search_id}", "merge"))
+        if any(cached_points(run_state, search_names[m], space) is None for m, space in p.merge.search.items()):
+            session.enter_context(run_lock(run_state, f"merge-search-{search_id}", "merge"))
             session.enter_context(stage_ray(p))
         for method in p.merge.methods:
             entry = MERGE_METHODS.get(method, key="merge.methods")
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> None:
             if method in p.merge.search:
                 points = search_merge_params(
                     method, members_in, method_base, {**method_params, **supplied}, p.merge.search[method], objective,
-                    run_state_uri(p), search_names[method],
+                    run_state, search_names[method],
                 )
                 best = best_point(points)
                 method_params.update(best.params)

@@ -170,9 +170,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"
         ) from None
-    fs, marker = storage.filesystem(diverged_marker(job))
+    marker_url = diverged_marker(job)
+    fs, marker = storage.filesystem(marker_url)
     if fs.exists(marker):
-        metrics = storage.read_json(diverged_marker(job))
+        metrics = storage.read_json(marker_url)
         fs.rm(marker)  # a run of this name that is resumed later reports afresh
         kept = f"epoch {metrics['epoch'] - 1}'s checkpoint is kept in {result.path}" if result.checkpoint else "no checkpoint"
         raise TrainingDiverged(
