@@ -152,6 +152,10 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+    marker_url = diverged_marker(job)
+    fs, marker = storage.filesystem(marker_url)
+    if fs.exists(marker):
+        fs.rm(marker)  # left by a driver killed before it read it: this attempt reports afresh
     start_timeout = os.environ.get(WORKER_GROUP_START_ENV) or f"{job.queue_wait_s + job.resource_wait_s:g}"
     held = queue_notice(demand, ray.available_resources(), start_timeout)
     if held:
@@ -170,11 +174,9 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
             f"{demand}: the worker group did not start within {start_timeout}s ({type(reason).__name__}: "
             f"{str(reason).splitlines()[0]}); free now: {free_for(demand, ray.available_resources())}"
         ) from None
-    marker_url = diverged_marker(job)
-    fs, marker = storage.filesystem(marker_url)
     if fs.exists(marker):
         metrics = storage.read_json(marker_url)
-        fs.rm(marker)  # a run of this name that is resumed later reports afresh
+        fs.rm(marker)
         kept = f"epoch {metrics['epoch'] - 1}'s checkpoint is kept in {result.path}" if result.checkpoint else "no checkpoint"
         raise TrainingDiverged(
             f"{job.params_key}: run {job.run_name} stopped at epoch {metrics['epoch']}: its loss is not finite "
