@@ -80,13 +80,17 @@ def build_shards(dataset: ArrayDataset, mixing: MixingSpec, num_shards: int, see
         task.remote(dataset.subset(np.arange(len(dataset))[contiguous_share(len(dataset), num_shards, i)]), mixing, s)
         for i, s in enumerate(seeds)
     ]
-    shards = []
-    for i, (data, node_id) in enumerate(ray.get(pending)):
+    index = {ref: i for i, ref in enumerate(pending)}
+    shards: list[Shard | None] = [None] * num_shards
+    waiting = list(pending)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        i = index[ready[0]]
+        data, node_id = ray.get(ready[0])
         rows = contiguous_share(len(dataset), num_shards, i)
-        shards.append(
-            Shard(f"part-{i:05d}.parquet", rows.stop - rows.start, seeds[i], storage.sha256_bytes(data), data, node_id)
-        )
-    return shards
+        shards[i] = Shard(f"part-{i:05d}.parquet", rows.stop - rows.start, seeds[i], storage.sha256_bytes(data), data, node_id)
+        print(f"augment {mixing.method}: shard {i + 1} mixed ({num_shards - len(waiting)}/{num_shards})", flush=True)
+    return [s for s in shards if s is not None]
 
 
 def manifest(method: str, mixing: MixingSpec, seed: int, shards: list[Shard]) -> dict:

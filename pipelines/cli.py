@@ -1,8 +1,9 @@
-"""The ``mixpipe`` command: submit jobs, run a local multi-node cluster, compare experiments, run a stage.
+"""The ``mixpipe`` command: submit jobs, run a local multi-node cluster, compare experiments, show plots, run a stage.
 
     mixpipe submit [--address URL] [--job-id ID] [--gpus N] [--env NAME] [--metadata K=V] [--no-wait] -- COMMAND...
     mixpipe cluster start|stop|status|env --state-dir DIR [...]
     mixpipe compare [REV ...] [--table evaluation] [--metric accuracy]
+    mixpipe plots [-o DIR] [TARGET ...]
     mixpipe stage NAME [ARGS...]
 
 Errors the user can fix print one line and exit 2; a failed job exits 1.
@@ -67,13 +68,21 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipelines.experiments import compare_table
+    from pipelines.experiments import compare_table, format_comparison
 
-    frame = compare_table(args.revs or ["workspace"], args.table, args.metric, args.path)
+    revs = args.revs or ["workspace"]
+    frame = compare_table(revs, args.table, args.metric, args.path)
     if args.json:
         print(json.dumps(json.loads(frame.to_json(orient="index")), indent=2))
     else:
-        print(frame.to_string(float_format=lambda v: f"{v:.4f}"))
+        print(format_comparison(frame, revs))
+    return 0
+
+
+def _plots(args: argparse.Namespace) -> int:
+    from pipelines.offline_plots import show
+
+    print(f"mixpipe plots: {show(args.out, args.targets)}")
     return 0
 
 
@@ -108,32 +117,58 @@ def build_parser() -> argparse.ArgumentParser:
                         help="job metadata shown by the Jobs API (repeatable)")
     submit.add_argument("--connect-timeout", type=float, default=30, help="seconds the dashboard may take to answer")
     submit.add_argument("--no-wait", action="store_true", help="return after submitting")
-    submit.add_argument("command", nargs=argparse.REMAINDER)
+    submit.add_argument("command", nargs=argparse.REMAINDER, help="after --: the command the job runs")
     submit.set_defaults(run=_submit)
 
-    cluster = commands.add_parser("cluster", help="a multi-node Ray cluster on this host")
-    cluster.add_argument("action", choices=["start", "stop", "status", "env"])
-    cluster.add_argument("--state-dir", default=".mixpipe/cluster")
-    cluster.add_argument("--workers", type=int, default=1, help="worker nodes besides the head")
-    cluster.add_argument("--cpus-per-node", type=float, default=1)
-    cluster.add_argument("--base-port", type=int, default=46300)
+    cluster = commands.add_parser("cluster", help="a multi-node Ray cluster on this host",
+                                  description="Start, stop or inspect a Ray cluster of several nodes on this host "
+                                              "(loopback only, token authentication on), for trying cluster and job mode.")
+    cluster.add_argument("action", choices=["start", "stop", "status", "env"],
+                         help="start the nodes; stop them (by their PIDs); status of each; env: the variables that point "
+                              "stages at the cluster")
+    cluster.add_argument("--state-dir", default=".mixpipe/cluster",
+                         help="where the cluster's PIDs, logs and addresses are kept (default: .mixpipe/cluster)")
+    cluster.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    cluster.add_argument("--cpus-per-node", type=float, default=1, help="CPUs each node offers to Ray (default 1)")
+    cluster.add_argument("--base-port", type=int, default=46300,
+                         help="first of the ports the nodes listen on, on 127.0.0.1 (default 46300)")
     cluster.add_argument("--hide", action="append", default=[], metavar="DIR",
                          help="start: run the nodes where DIR is an empty folder (needs root; e.g. your workspace, "
                               "to check that jobs need nothing from it)")
     cluster.add_argument("--jobs", action="store_true", help="env: the dashboard address (job mode), not the GCS one")
     cluster.set_defaults(run=_cluster)
 
-    compare = commands.add_parser("compare", help="a result table's metric across experiments")
-    compare.add_argument("revs", nargs="*", help="git revisions or experiment names ('workspace' for files here)")
-    compare.add_argument("--table", default="evaluation", help="result table (evaluation, merges, trials)")
-    compare.add_argument("--metric", default="accuracy")
+    compare = commands.add_parser(
+        "compare", help="a result table's metric across experiments, with 95%% intervals",
+        description="A metric of a result table at each revision, with its 95% interval, and the differences to the "
+                    "first revision; '*' marks those whose intervals do not overlap (larger than the noise). Tables are "
+                    "read from the DVC cache, then the default remote; when neither has them the error says which "
+                    "command brings them.")
+    compare.add_argument("revs", nargs="*", help="git revisions or experiment names ('workspace' for files here; default)")
+    compare.add_argument("--table", default="evaluation",
+                         help="result table: evaluation (default), merges, trials or train_history")
+    compare.add_argument("--metric", default="accuracy",
+                         help="its column, e.g. accuracy, nll, ece (evaluation), test_accuracy (merges), val_accuracy "
+                              "(trials); default accuracy")
     compare.add_argument("--path", help="the table's file (default: <paths.results>/<table>.parquet, as params.yaml has it at each revision)")
-    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON (values, intervals, differences)")
     compare.set_defaults(run=_compare)
 
-    stage = commands.add_parser("stage", help="run one pipeline stage (as dvc.yaml does)")
-    stage.add_argument("name")
-    stage.add_argument("args", nargs=argparse.REMAINDER)
+    plots = commands.add_parser(
+        "plots", help="dvc plots show, rendered without a network",
+        description="Run `dvc plots show` with a page that loads Vega, Vega-Lite and Vega-Embed from beside itself "
+                    "(fetched once from the npm registry at pinned versions, checked against their sha512 integrity, "
+                    "kept in .mixpipe/vega/), so the page opens offline.")
+    plots.add_argument("-o", "--out", default="dvc_plots", help="folder for index.html and its scripts (default dvc_plots)")
+    plots.add_argument("targets", nargs="*", help="plots or files to show (default: every plot of dvc.yaml)")
+    plots.set_defaults(run=_plots)
+
+    stage = commands.add_parser("stage", help="run one pipeline stage (as dvc.yaml does)",
+                                description="Run one stage as `python -m stages.<name>` would, without DVC's "
+                                            "bookkeeping. --verbose (or MIXPIPE_VERBOSE=1) prints full tracebacks and "
+                                            "Ray's own messages; MIXPIPE_LOG_LEVEL=<level> sets Ray's log level.")
+    stage.add_argument("name", help="validate, prepare, augment, train, tune, merge, evaluate or report")
+    stage.add_argument("args", nargs=argparse.REMAINDER, help="the stage's own arguments (augment: the method)")
     stage.set_defaults(run=_stage)
     return parser
 

@@ -43,11 +43,11 @@ def _unique_nonempty(values: list[str]) -> list[str]:
 class DataParams(Section):
     """Which dataset and how it is split (stratified, seeded)."""
 
-    name: str = "digits"
+    name: str = "mnist1d"
     source: str | None = None  # URL of the raw data, for datasets that are not bundled
     options: dict[str, Any] = {}  # the loader's own parameters (mnist1d: num_samples; parquet: columns)
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
 
     @field_validator("source")
     @classmethod
@@ -109,8 +109,8 @@ class TrainParams(Section):
     """The base model's training run. ``batch_size`` is per worker: the global batch is
     ``batch_size * num_workers``."""
 
-    model: str = "cnn"
-    epochs: PositiveInt = 12
+    model: str = "cnn1d"
+    epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
     num_workers: PositiveInt = 2
     cpus_per_worker: PositiveFloat = 1.0
@@ -124,6 +124,7 @@ class TuneParams(Section):
 
     methods: list[str] = ["mixup", "cutmix"]
     alphas: list[PositiveFloat] = [0.2, 1.0]
+    seeds: PositiveInt = 1  # repeats of each grid point with its own seed: mean +- std across them
     epochs: PositiveInt = 4
     batch_size: PositiveInt = 32
     num_workers: PositiveInt = 1

@@ -30,6 +30,7 @@ class ColumnSpec:
     type: pa.DataType
     checks: tuple[pa_.Check, ...] = ()
     unique: bool = False
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class TableSpec:
     def pandera_schema(self) -> pa_.DataFrameSchema:
         return pa_.DataFrameSchema(
             {
-                name: pa_.Column(pd.ArrowDtype(col.type), list(col.checks), unique=col.unique)
+                name: pa_.Column(pd.ArrowDtype(col.type), list(col.checks), unique=col.unique, nullable=col.nullable)
                 for name, col in self.columns.items()
             },
             checks=list(self.checks),
@@ -58,8 +59,8 @@ class TableSpec:
         )
 
 
-def _col(type_: pa.DataType, *checks: pa_.Check, unique: bool = False) -> ColumnSpec:
-    return ColumnSpec(type_, tuple(checks), unique)
+def _col(type_: pa.DataType, *checks: pa_.Check, unique: bool = False, nullable: bool = False) -> ColumnSpec:
+    return ColumnSpec(type_, tuple(checks), unique, nullable)
 
 
 _F32_LIST = pa.list_(pa.float32())
@@ -162,20 +163,41 @@ def _trials(task: str) -> TableSpec:
             "trial": _col(pa.string(), unique=True),
             "method": _col(pa.string()),
             "alpha": _col(pa.float64(), pa_.Check.gt(0)),
+            "seed_index": _col(_INT, _nonneg),  # which of tune.seeds repeats of its grid point
             "epochs_run": _col(_INT, pa_.Check.ge(1)),
             "stopped_early": _col(pa.bool_()),
-            "val_loss": _col(pa.float64(), _nonneg),
-            f"val_{_SCORE[task]}": _col(pa.float64(), *_SCORE_CHECKS[task]),
+            **_with_interval("val_loss", (_nonneg,)),
+            **_with_interval(f"val_{_SCORE[task]}", _SCORE_CHECKS[task]),
+            # across the seeds of the grid point, over its trials that ran every epoch (std: null below two)
+            f"point_val_{_SCORE[task]}_mean": _col(pa.float64(), *_SCORE_CHECKS[task], nullable=True),
+            f"point_val_{_SCORE[task]}_std": _col(pa.float64(), _nonneg, nullable=True),
             "checkpoint": _col(pa.string()),
         },
     )
 
 
+def _with_interval(name: str, checks: tuple[pa_.Check, ...]) -> dict[str, ColumnSpec]:
+    """A metric and its 95% interval (:mod:`pipelines.evaluation.uncertainty`): ``name``,
+    ``name_lo``, ``name_hi``."""
+    return {column: _col(pa.float64(), *checks) for column in (name, f"{name}_lo", f"{name}_hi")}
+
+
+def _against_base(name: str) -> dict[str, ColumnSpec]:
+    """The paired comparison of a metric with the base's: the difference, its 95% interval, the p-value."""
+    return {
+        f"{name}_vs_base": _col(pa.float64()),
+        f"{name}_vs_base_lo": _col(pa.float64()),
+        f"{name}_vs_base_hi": _col(pa.float64()),
+        f"{name}_p": _col(pa.float64(), *_unit),
+    }
+
+
 def _merges(task: str) -> TableSpec:
     metrics = {
-        f"{split}_{name}": _col(pa.float64(), *checks)
+        column: spec
         for split in ("val", "test")
         for name, checks in METRICS[task].items()
+        for column, spec in _with_interval(f"{split}_{name}", checks).items()
     }
     return TableSpec(
         _named("merges", task),
@@ -212,7 +234,11 @@ def _evaluation(task: str) -> TableSpec:
             "model": _col(pa.string(), unique=True),
             "kind": _col(pa.string(), pa_.Check.isin(["base", "trial", "merged"])),
             "num_samples": _col(_INT, pa_.Check.ge(1)),
-            **{name: _col(pa.float64(), *checks) for name, checks in METRICS[task].items()},
+            **{
+                column: spec
+                for name, checks in METRICS[task].items()
+                for column, spec in {**_with_interval(name, checks), **_against_base(name)}.items()
+            },
         },
     )
 
@@ -258,6 +284,11 @@ def table_for(name: str, task: str) -> TableSpec:
         raise KeyError(f"no table {name!r} for task {task!r}; tables: {', '.join(_BY_TASK)}") from None
 
 
+def table_variants(name: str) -> list[TableSpec]:
+    """Every task's spec of table ``name``."""
+    return list(_BY_TASK[name].values())
+
+
 def _spec(table: str | TableSpec) -> TableSpec:
     if isinstance(table, TableSpec):
         return table
@@ -267,7 +298,7 @@ def _spec(table: str | TableSpec) -> TableSpec:
         raise KeyError(f"unknown table {table!r}; known: {', '.join(sorted(TABLES))}") from None
 
 
-def _spec_of_schema(table: str | TableSpec, schema: pa.Schema) -> TableSpec:
+def spec_of_schema(table: str | TableSpec, schema: pa.Schema) -> TableSpec:
     """A spec given by its plain name resolves to the task variant with this schema's column
     names and types, so ``read_table(url, "trials")`` reads a regression sweep's table too."""
     if isinstance(table, str) and table in _BY_TASK:
@@ -401,7 +432,7 @@ def parse_arrow(data: bytes, table: str | TableSpec, source: str = "<bytes>") ->
                         f"({str(error).splitlines()[0][:200]}); re-run the stage that writes it") from None
     raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
     metadata = json.loads(raw) if raw else {}
-    validate(arrow, _spec_of_schema(table, arrow.schema), source)
+    validate(arrow, spec_of_schema(table, arrow.schema), source)
     return arrow.replace_schema_metadata(None), metadata
 
 

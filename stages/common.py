@@ -18,6 +18,7 @@ from pipelines.cluster.job_mode import JobRequest, check_store, require_store, r
 from pipelines.cluster.session import jobs_address
 from pipelines.cluster.stage_io import find_stage
 from pipelines.config import Params
+from pipelines.console import configure_console
 from pipelines.errors import MixpipeError
 from pipelines.lifetime import exit_on_signals, watch_parent
 from pipelines.urls import redact
@@ -56,6 +57,7 @@ def entrypoint(
             argv = [a for a in sys.argv[1:] if a != VERBOSE_FLAG]
             verbose = len(argv) < len(sys.argv) - 1 or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
             try:
+                configure_console(verbose)
                 if uses_ray and _run_as_job(stage, argv, uses_ray):
                     return
                 main(argv)

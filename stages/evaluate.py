@@ -3,8 +3,10 @@
 Usage:
     python -m stages.evaluate
 
-Reads ``evaluate``; writes ``<results>/evaluation.parquet`` (``evaluation`` table), ``<metrics>`` (``metrics.json``)
-(DVC metrics: base, the trial best on validation, each merge) and CSV plot data under ``<plots>``.
+Reads ``seed`` and ``evaluate``; writes ``<results>/evaluation.parquet`` (``evaluation`` table: every
+metric with its 95% interval and the paired comparison against the base), ``<metrics>``
+(``metrics.json``: the base, the trial and the merge best on validation, with intervals),
+``<results>/model_metrics.json`` (every model) and CSV plot data under ``<plots>``.
 Regression reports R², and MSE/RMSE/MAE in the target's units (``target_std`` of prepare's stats).
 """
 
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 from pipelines import storage, tables
 from pipelines.data import read_prepared
-from pipelines.evaluation import NamedModel, evaluate_models
+from pipelines.evaluation import NamedModel, bootstrap_seed, evaluate_models
+from pipelines.evaluation.plot_data import models_plot
+from pipelines.evaluation.summary import model_metrics, summary_metrics
 from pipelines.models import load_model, load_state_dict, model_from_state
-from pipelines.tasks import get_task
 from stages.common import entrypoint, params, target_scale
 
 @entrypoint("evaluate")
@@ -31,22 +34,24 @@ def main(argv: list[str]) -> None:
         for method, path in zip(merges["method"], merges["checkpoint"], strict=True)
     ]
     evaluation, reliability = evaluate_models(
-        models, test.x, test.y, p.evaluate.ece_bins, p.evaluate.batch_size, card.task, target_scale(p.paths.prepared, card.task)
+        models, test.x, test.y, p.evaluate.ece_bins, p.evaluate.batch_size, card.task,
+        target_scale(p.paths.prepared, card.task), bootstrap_seed(p.seed, "test"),
     )
     tables.write_table(evaluation, storage.join(p.paths.results, "evaluation.parquet"), tables.table_for("evaluation", card.task))
-
-    by_name = evaluation.set_index("model")
-    score = get_task(card.task).score_column
-    best_trial = trials.sort_values([score, "val_loss"], ascending=[False, True])["trial"].iloc[0]
-    summary = {"base": "base", "best_trial": best_trial, **{m: m for m in merges["method"]}}
+    storage.write_json(p.paths.metrics, summary_metrics(evaluation, trials, merges, card.task))
+    storage.write_json(storage.join(p.paths.results, "model_metrics.json"), model_metrics(evaluation, card.task))
     metric_names = list(tables.METRICS[card.task])
-    metrics = {key: {m: round(float(by_name.loc[name, m]), 6) for m in metric_names} for key, name in summary.items()}
-    metrics["best_trial"]["name"] = best_trial
-    storage.write_json(p.paths.metrics, {"test": metrics})
-    plotted = evaluation.assign(score=evaluation[metric_names[0]])  # the plot's x: accuracy or R²
-    storage.write_text(storage.join(p.paths.plots, "models.csv"), plotted.to_csv(index=False))
+    storage.write_text(storage.join(p.paths.plots, "models.csv"), models_plot(evaluation, card.task).to_csv(index=False))
     storage.write_text(storage.join(p.paths.plots, "reliability.csv"), reliability.to_csv(index=False))
-    print(evaluation[["model", "kind", *metric_names[:3]]].to_string(index=False))
+    score = metric_names[0]
+    shown = evaluation[["model", "kind"]].assign(**{
+        f"{score} [95%]": [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in
+                           zip(evaluation[score], evaluation[f"{score}_lo"], evaluation[f"{score}_hi"], strict=True)],
+        "vs base": [f"{d:+.4f}" for d in evaluation[f"{score}_vs_base"]],
+        "p": [f"{v:.3g}" for v in evaluation[f"{score}_p"]],
+        **{name: evaluation[name].round(4) for name in metric_names[1:3]},
+    })
+    print(shown.to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from pipelines import storage, tables
 from pipelines.config import fingerprint
 from pipelines.locks import run_lock
 from pipelines.data import read_prepared
-from pipelines.evaluation import HeldOutObjective, interpolation_curve, loss_barrier, score_state
+from pipelines.evaluation import HeldOutObjective, bootstrap_seed, interpolation_curve, loss_barrier, score_state
+from pipelines.evaluation.plot_data import name_endpoints
 from pipelines.memory import peak_rss_above_start
 from pipelines.merging import MERGE_METHODS, run_merge
 from pipelines.merging.statistics import diagonal_fisher, linear_input_grams
@@ -108,10 +109,12 @@ def main(argv: list[str]) -> None:
             storage.write_bytes(path, state_dict_bytes(result.state_dict))
             metrics = {f"{split}_{name}": value for split, data in (("val", val), ("test", test))
                        for name, value in score_state(card, result.state_dict, data.x, data.y, p.evaluate.batch_size,
-                                                      p.evaluate.ece_bins, scale).items()}
+                                                      p.evaluate.ece_bins, scale, bootstrap_seed(p.seed, split)).items()}
             rows.append({"method": method, "params": json.dumps(method_params, sort_keys=True),
                          "num_models": len(members), "members": ",".join(names[i] for i in members), **metrics,
                          "seconds": seconds, "peak_memory_mib": memory.mib, "checkpoint": path})
+            print(f"merge: {method} done ({len(rows)}/{len(p.merge.methods)}): val {task.score} "
+                  f"{metrics[f'val_{task.score}']:.4f}, {seconds:.2f}s", flush=True)
     merges = pd.DataFrame(rows)
     tables.write_table(merges, storage.join(p.paths.results, "merges.parquet"), tables.table_for("merges", card.task))
     search_table = pd.DataFrame(searched, columns=list(tables.table_for("merge_search", card.task).columns))
@@ -120,6 +123,7 @@ def main(argv: list[str]) -> None:
     a, b = (states[i] for i in best_two[:2]) if len(best_two) == 2 else (base, states[0])
     pair = [names[i] for i in best_two] if len(best_two) == 2 else ["base", names[0]]
     curve = interpolation_curve(card, a, b, {"val": (val.x, val.y), "test": (test.x, test.y)}, p.merge.interpolation_points)
+    curve = name_endpoints(curve, pair)
     storage.write_text(storage.join(p.paths.plots, "interpolation.csv"), curve.to_csv(index=False))
     barriers = {f"{split}_loss_barrier": round(loss_barrier(curve["t"], curve[f"{split}_loss"]), 6) for split in ("val", "test")}
     storage.write_json(storage.join(p.paths.results, "interpolation.json"), {"interpolation": {"pair": pair, **barriers}})

@@ -25,9 +25,11 @@ def main(argv: list[str]) -> None:
 
     reliability = pd.read_csv(storage.join(p.paths.plots, "reliability.csv"))
     interpolation = pd.read_csv(storage.join(p.paths.plots, "interpolation.csv"))
+    pair = storage.read_json(storage.join(results, "interpolation.json"))["interpolation"]["pair"]
+    grid_cells = pd.read_csv(storage.join(p.paths.plots, "tune_grid.csv"))
     page = render_report(
         p.paths.report, table("train_history"), table("trials"), table("merges"), table("evaluation"), reliability,
-        interpolation, table("merge_search"),
+        interpolation, table("merge_search"), pair, grid_cells,
     )
     print(f"report: {page}")
 

@@ -6,7 +6,9 @@ Usage:
 
 Reads ``seed``, ``tune`` and ``mixing`` (all but method, alpha and source); writes
 ``<trials>/<trial>/{model.safetensors,card.json}`` for every trial (early-stopped ones included),
-``<results>/trials.parquet`` (``trials`` table) and ``<results>/best_params.yaml``.
+``<results>/trials.parquet`` (``trials`` table: validation scores with 95% intervals, and with
+``tune.seeds`` > 1 each grid point's mean and std across its seeds), ``<results>/best_params.yaml``
+and the method x alpha grid for a heatmap (``<plots>/tune_grid.csv``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from pipelines import storage, tables
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared
+from pipelines.evaluation import bootstrap_seed, output_metrics, predict_logits
 from pipelines.locks import run_lock
 from pipelines.mixing import MixingSpec
 from pipelines.models import load_card, load_state_dict, model_from_state, save_checkpoint
@@ -26,7 +29,7 @@ from pipelines.models.checkpoints import WEIGHTS
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob
-from pipelines.tuning import grid, run_sweep
+from pipelines.tuning import grid, grid_scores, run_sweep, with_point_spread
 from stages.common import code_version, entrypoint, params, run_state_uri, stage_ray
 
 
@@ -46,7 +49,7 @@ def main(argv: list[str]) -> None:
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
     )
-    points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods})
+    points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods}, t.seeds)
     with run_lock(template.storage_path, name, "tune"), stage_ray(p) as connection:
         template = replace(template, **connection.waits(p.ray))
         outcomes = run_sweep(
@@ -54,17 +57,27 @@ def main(argv: list[str]) -> None:
             reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,
         )
 
-    score = get_task(card.task).score_column
+    task = get_task(card.task)
+    score = task.score_column
+    interval_seed = bootstrap_seed(p.seed, "val")
     rows = []
     for o in outcomes:
         directory = storage.join(p.paths.trials, o.point.name)
         info = {"method": o.point.method, "alpha": o.point.alpha, "epochs": o.epochs_run, score: o.val_score}
         save_checkpoint(directory, o.weights, replace(card, info=info))
+        # the intervals come from the checkpoint's outputs on the whole split (the loop's own
+        # numbers, which rank the trials, are sums over ranks and carry none)
+        outputs = predict_logits(model_from_state(card, o.weights), val.x)
+        bounds = output_metrics(outputs, val.y, card.task, interval_seed=interval_seed)
         rows.append({"trial": o.point.name, "method": o.point.method, "alpha": o.point.alpha,
-                     "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
-                     "val_loss": o.val_loss, score: o.val_score, "checkpoint": directory})
+                     "seed_index": o.point.seed_index, "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
+                     "val_loss": o.val_loss, "val_loss_lo": bounds[f"{task.loss}_lo"], "val_loss_hi": bounds[f"{task.loss}_hi"],
+                     score: o.val_score, f"{score}_lo": bounds[f"{task.score}_lo"], f"{score}_hi": bounds[f"{task.score}_hi"],
+                     "checkpoint": directory})
+    rows = with_point_spread(rows, score, t.epochs)
     trials = pd.DataFrame(rows)
     tables.write_table(trials, storage.join(p.paths.results, "trials.parquet"), tables.table_for("trials", card.task))
+    storage.write_text(storage.join(p.paths.plots, "tune_grid.csv"), pd.DataFrame(grid_scores(rows, score)).to_csv(index=False))
     best = max(outcomes, key=lambda o: (o.val_score, -o.val_loss))
     best_params = {"trial": best.point.name, "mixing": {"method": best.point.method, "alpha": best.point.alpha},
                    score: best.val_score}

@@ -1,4 +1,5 @@
-"""Evaluation: metrics (accuracy, NLL, ECE, Brier; R², MSE, RMSE, MAE) and batched prediction. Never trains or merges."""
+"""Evaluation: metrics (accuracy, NLL, ECE, Brier; R², MSE, RMSE, MAE), their intervals and paired tests, and
+batched prediction. Never trains or merges."""
 
 from pipelines.evaluation.metrics import (
     Reliability,
@@ -12,6 +13,7 @@ from pipelines.evaluation.metrics import (
 )
 from pipelines.evaluation.predict import predict_logits
 from pipelines.evaluation.interpolation import interpolation_curve, loss_barrier
+from pipelines.evaluation.uncertainty import bootstrap_seed, mcnemar_p, paired_p, wilson_interval
 from pipelines.evaluation.suite import HeldOutObjective, NamedModel, evaluate_models, output_metrics, score_state
 
 __all__ = [
@@ -19,16 +21,20 @@ __all__ = [
     "NamedModel",
     "Reliability",
     "accuracy",
+    "bootstrap_seed",
     "brier",
     "evaluate_models",
     "classification_metrics",
     "expected_calibration_error",
     "interpolation_curve",
     "loss_barrier",
+    "mcnemar_p",
     "nll",
     "output_metrics",
+    "paired_p",
     "predict_logits",
     "regression_metrics",
     "reliability",
     "score_state",
+    "wilson_interval",
 ]

@@ -31,8 +31,9 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
     rows = frame.head(count)
     columns = min(8, len(rows))
     lines = -(-len(rows) // columns)
+    # at most 8 x 1.15 in x 100 dpi = 920 px wide: the width DVC's and the report's pages show unscaled
     figure, axes = plt.subplots(
-        lines, columns, figsize=(1.6 * columns, 1.9 * lines + 0.4), squeeze=False, layout="constrained"
+        lines, columns, figsize=(1.15 * columns, 1.4 * lines + 0.4), squeeze=False, layout="constrained"
     )
     for axis in axes.flat:
         axis.axis("off")
@@ -52,7 +53,7 @@ def mixed_examples_png(frame: pd.DataFrame, input_shape: tuple[int, ...], title:
         axis.set_title(f"{row.y:.3g}/{row.y_partner:.3g} λ={row.lam:.2f}", fontsize=7)
     figure.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
 
@@ -68,35 +69,163 @@ def training_curves(history: pd.DataFrame, score: str, path: Path) -> str:
     return _save(figure, path)
 
 
-def score_bars(evaluation: pd.DataFrame, score: str, path: Path) -> str:
-    colours = {"base": "tab:gray", "trial": "tab:blue", "merged": "tab:orange"}
-    ordered = evaluation.sort_values(score)
-    figure, axis = plt.subplots(figsize=(7, 0.4 * len(ordered) + 1.2))
-    axis.barh(ordered["model"], ordered[score], color=[colours[k] for k in ordered["kind"]])
-    low = float(ordered[score].min())
-    axis.set(xlabel=f"test {score}", xlim=(min(max(0.0, low - 0.05), low - 0.05 * (low < 0)), 1.0), title=f"Test {score} by model")
+KIND_COLOURS = {"base": "tab:gray", "trial": "tab:blue", "merged": "tab:orange"}
+SIGNIFICANCE = 0.05  # the level at which a difference to the base is called larger than the noise
+
+
+def score_intervals(evaluation: pd.DataFrame, score: str, best: str | None, path: Path) -> str:
+    """Each model's test score with its 95% interval, best at the top, on an axis zoomed to the
+    intervals; colour by kind (legend), ``*`` after a name whose paired test against the base has
+    p < 0.05, and the model picked on validation marked."""
+    from matplotlib.lines import Line2D
+
+    ordered = evaluation.sort_values(score).reset_index(drop=True)
+    figure, axis = plt.subplots(figsize=(7.5, 0.32 * len(ordered) + 1.6))
+    for i, row in ordered.iterrows():
+        colour = KIND_COLOURS.get(row["kind"], "black")
+        axis.plot([row[f"{score}_lo"], row[f"{score}_hi"]], [i, i], color=colour, linewidth=2)
+        axis.plot(row[score], i, "o", color=colour, markersize=6 if row["model"] != best else 10,
+                  markeredgecolor="black" if row["model"] == best else colour)
+    labels = [f"{m}{' *' if p < SIGNIFICANCE and k != 'base' else ''}{'  (best)' if m == best else ''}"
+              for m, k, p in zip(ordered["model"], ordered["kind"], ordered[f"{score}_p"], strict=True)]
+    axis.set_yticks(range(len(ordered)), labels, fontsize=8)
+    base = ordered.loc[ordered["kind"] == "base", score]
+    if len(base):
+        axis.axvline(float(base.iloc[0]), color="tab:gray", linestyle=":", linewidth=1)
+    axis.set(xlabel=f"test {score} (95% interval)", title=f"Test {score} by model  (* p < {SIGNIFICANCE} against the base)")
+    axis.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", linewidth=2, label=k) for k, c in KIND_COLOURS.items()
+               if k in set(ordered["kind"])]
+    axis.legend(handles=handles, loc="lower right", fontsize=8, title="kind", title_fontsize=8)
     return _save(figure, path)
 
 
-def reliability_diagram(reliability: pd.DataFrame, models: list[str], path: Path) -> str:
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    axis.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1)
-    for name in models:
-        rows = reliability[(reliability["model"] == name) & (reliability["count"] > 0)]
-        axis.plot(rows["confidence"], rows["accuracy"], marker="o", label=name)
-    axis.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test)", xlim=(0, 1), ylim=(0, 1))
-    axis.legend(fontsize=8)
+def reliability_grid(reliability: pd.DataFrame, models: list[str], path: Path, columns: int = 5) -> str:
+    """Small multiples: one reliability diagram per model (accuracy against confidence of the
+    filled bins, dashed diagonal = perfect calibration), in ``models`` order."""
+    rows = -(-len(models) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.2 * rows + 0.5), squeeze=False,
+                                sharex=True, sharey=True)
+    for axis in axes.flat[len(models):]:
+        axis.axis("off")
+    for axis, name in zip(axes.flat, models, strict=False):
+        bins = reliability[(reliability["model"] == name) & (reliability["count"] > 0)]
+        axis.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=0.8)
+        axis.plot(bins["confidence"], bins["accuracy"], marker="o", markersize=3, linewidth=1)
+        axis.set_title(name, fontsize=8)
+        axis.set(xlim=(0, 1), ylim=(0, 1))
+        axis.tick_params(labelsize=7)
+    for axis in axes[-1]:
+        axis.set_xlabel("confidence", fontsize=8)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("accuracy", fontsize=8)
+    figure.suptitle("Reliability on the test split (dashed: perfectly calibrated)", fontsize=10)
     return _save(figure, path)
 
 
-def interpolation_figure(curve: pd.DataFrame, path: Path) -> str:
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+def interpolation_figure(curve: pd.DataFrame, pair: list[str] | None, path: Path) -> str:
+    figure, axis = plt.subplots(figsize=(6, 3.8))
     for split in ("val", "test"):
         if f"{split}_loss" in curve:
-            axis.plot(curve["t"], curve[f"{split}_loss"], marker=".", label=split)
-    axis.set(xlabel="t (0: first model, 1: second)", ylabel="loss", title="Loss along the line between the two best trials")
+            axis.plot(curve["t"], curve[f"{split}_loss"], marker=".", label=f"{split} loss")
+    first, second = pair if pair else ("first model", "second model")
+    axis.set_xticks([0, 0.25, 0.5, 0.75, 1], [f"0\n{first}", "0.25", "0.5", "0.75", f"1\n{second}"], fontsize=8)
+    axis.set(xlabel="t: weights (1 - t) * first + t * second", ylabel="loss",
+             title="Loss along the line between the two best fine-tunes")
     axis.legend()
     return _save(figure, path)
+
+
+def tune_heatmap(grid_cells: pd.DataFrame, score: str, path: Path) -> str:
+    """Mixing method x alpha: the validation score of each grid point (mean over seeds)."""
+    methods = list(dict.fromkeys(grid_cells["method"]))
+    alphas = sorted(set(grid_cells["alpha"]))
+    values = np.full((len(methods), len(alphas)), np.nan)
+    labels = [["" for _ in alphas] for _ in methods]
+    for cell in grid_cells.itertuples():
+        i, j = methods.index(cell.method), alphas.index(cell.alpha)
+        values[i, j], labels[i][j] = cell.score, cell.label
+    figure, axis = plt.subplots(figsize=(1.6 * len(alphas) + 2.5, 0.7 * len(methods) + 1.4))
+    image = axis.imshow(values, cmap="viridis", aspect="auto")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2
+    for i in range(len(methods)):
+        for j in range(len(alphas)):
+            axis.text(j, i, labels[i][j], ha="center", va="center", fontsize=8,
+                      color="white" if values[i, j] < middle else "black")
+    axis.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    axis.set_yticks(range(len(methods)), methods)
+    axis.set(xlabel="alpha", ylabel="mixing method", title=f"Tune grid: validation {score} (e: epochs when pruned)")
+    figure.colorbar(image, ax=axis, label=f"validation {score}")
+    return _save(figure, path)
+
+
+def _with_interval(frame: pd.DataFrame, column: str, signed: bool = False) -> list[str]:
+    spec = "+.4f" if signed else ".4f"
+    return [f"{v:{spec}} [{lo:{spec}}, {hi:{spec}}]" for v, lo, hi in
+            zip(frame[column], frame[f"{column}_lo"], frame[f"{column}_hi"], strict=True)]
+
+
+def headline(evaluation: pd.DataFrame, trials: pd.DataFrame, merges: pd.DataFrame, task: str) -> tuple[str | None, str]:
+    """The model picked on validation (the better of the best trial and the best merge) and one
+    sentence on its test score against the base, with the interval and p-value."""
+    from pipelines.evaluation.summary import pick_best
+
+    best = pick_best(trials, merges, task)
+    score = "accuracy" if task == "classification" else "r2"
+    if best is None or best not in set(evaluation["model"]):
+        return None, "No trial or merge to compare with the base."
+    row = evaluation.set_index("model").loc[best]
+    test = "McNemar" if score == "accuracy" else "paired bootstrap"
+    verdict = ("larger than the noise" if row[f"{score}_p"] < SIGNIFICANCE
+               else f"within the noise (p ≥ {SIGNIFICANCE})")
+    text = (f"Best on validation: <b>{html.escape(best)}</b> ({html.escape(str(row['kind']))}). Test {score} "
+            f"{row[score]:.4f} [{row[f'{score}_lo']:.4f}, {row[f'{score}_hi']:.4f}]; against the base "
+            f"{row[f'{score}_vs_base']:+.4f} [{row[f'{score}_vs_base_lo']:+.4f}, {row[f'{score}_vs_base_hi']:+.4f}], "
+            f"{test} p = {row[f'{score}_p']:.3g}: {verdict}.")
+    return best, text
+
+
+def _evaluation_view(evaluation: pd.DataFrame, task: str) -> pd.DataFrame:
+    from pipelines.tables import METRICS
+
+    names = list(METRICS[task])
+    score = names[0]
+    view = pd.DataFrame({"model": evaluation["model"], "kind": evaluation["kind"],
+                         f"{score} [95%]": _with_interval(evaluation, score),
+                         "vs base [95%]": _with_interval(evaluation.assign(d=evaluation[f"{score}_vs_base"],
+                                                                           d_lo=evaluation[f"{score}_vs_base_lo"],
+                                                                           d_hi=evaluation[f"{score}_vs_base_hi"]), "d", True),
+                         "p": [f"{v:.3g}" for v in evaluation[f"{score}_p"]]})
+    for name in names[1:3]:
+        view[f"{name} [95%]"] = _with_interval(evaluation, name)
+    return view
+
+
+def _merges_view(merges: pd.DataFrame, task: str) -> pd.DataFrame:
+    score = "accuracy" if task == "classification" else "r2"
+    view = pd.DataFrame({"method": merges["method"], "models": merges["num_models"]})
+    if f"val_{score}_lo" in merges:
+        view[f"val {score} [95%]"] = _with_interval(merges, f"val_{score}")
+        view[f"test {score} [95%]"] = _with_interval(merges, f"test_{score}")
+    if "params" in merges:
+        view["params"] = merges["params"].str.replace(r'[{}"]', "", regex=True).str.replace(",", ", ")
+    if "seconds" in merges:
+        view["seconds"] = [f"{v:.2f}" for v in merges["seconds"]]
+    view["members"] = merges["members"].str.replace(",", ", ")
+    return view
+
+
+def _trials_view(trials: pd.DataFrame, task: str) -> pd.DataFrame:
+    score = "val_accuracy" if task == "classification" else "val_r2"
+    view = trials.drop(columns=[c for c in trials.columns if c == "checkpoint" or c.endswith(("_lo", "_hi"))
+                                or c.startswith("point_")])
+    if f"{score}_lo" in trials:
+        view[score] = _with_interval(trials, score)
+        view["val_loss"] = _with_interval(trials, "val_loss")
+    if f"point_{score}_std" in trials and trials[f"point_{score}_std"].notna().any():
+        view["mean ± std over seeds"] = [f"{m:.4f} ± {s:.4f}" if pd.notna(s) else "" for m, s in
+                                         zip(trials[f"point_{score}_mean"], trials[f"point_{score}_std"], strict=True)]
+    return view
 
 
 def render_report(
@@ -108,38 +237,52 @@ def render_report(
     reliability: pd.DataFrame,
     interpolation: pd.DataFrame | None = None,
     merge_search: pd.DataFrame | None = None,
+    pair: list[str] | None = None,
+    grid_cells: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``index.html`` and its figures into ``out_dir``; return the page's path.
 
-    The score (accuracy, or R² for regression) is the evaluation table's; regression has no
-    reliability diagram (``reliability`` is empty).
+    The page leads with the model picked on validation and its test score against the base
+    (interval, p-value); every score in its tables carries its 95% interval. The score (accuracy,
+    or R² for regression) is the evaluation table's; regression has no reliability diagram
+    (``reliability`` is empty). ``pair`` names the interpolation's two end points.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    highlighted = ["base", *merges["method"]]
-    score = "accuracy" if "accuracy" in evaluation.columns else "r2"
-    figures = [
-        training_curves(history, score, out / "training.png"),
-        score_bars(evaluation, score, out / f"{score}.png"),
-    ]
-    if len(reliability):
-        figures.append(reliability_diagram(reliability, highlighted, out / "reliability.png"))
+    task = "classification" if "accuracy" in evaluation.columns else "regression"
+    score = "accuracy" if task == "classification" else "r2"
+    best, lead = headline(evaluation, trials, merges, task) if f"{score}_p" in evaluation else (None, "")
+    figures = [training_curves(history, score, out / "training.png")]
+    if f"{score}_lo" in evaluation:
+        figures.append(score_intervals(evaluation, score, best, out / f"{score}.png"))
+    if grid_cells is not None and len(grid_cells):
+        figures.append(tune_heatmap(grid_cells, score, out / "tune_grid.png"))
     if interpolation is not None and len(interpolation):
-        figures.append(interpolation_figure(interpolation, out / "interpolation.png"))
+        figures.append(interpolation_figure(interpolation, pair, out / "interpolation.png"))
+    wide = []
+    if len(reliability):
+        wide.append(reliability_grid(reliability, list(dict.fromkeys(evaluation["model"])), out / "reliability.png"))
     sections = [
-        ("Evaluation (test split)", evaluation),
-        ("Merges", merges.drop(columns=["checkpoint"])),
+        ("Evaluation (test split)", _evaluation_view(evaluation, task) if f"{score}_lo" in evaluation else evaluation),
+        ("Merges", _merges_view(merges, task)),
         *([("Merge coefficient search (validation split)", merge_search)] if merge_search is not None and len(merge_search) else []),
-        ("Tune trials", trials.drop(columns=["checkpoint"])),
+        ("Tune trials (validation split)", _trials_view(trials, task)),
         ("Base model training", history),
     ]
-    body = "".join(f'<img src="{html.escape(f)}" alt="{html.escape(f)}">' for f in figures)
+    body = f"<p class='lead'>{lead}</p>" if lead else ""
+    body += "<div class='figures'>" + "".join(f'<img src="{html.escape(f)}" alt="{html.escape(f)}">' for f in figures) + "</div>"
+    body += "".join(f'<img class="wide" src="{html.escape(f)}" alt="{html.escape(f)}">' for f in wide)
     for title, frame in sections:
-        body += f"<h2>{html.escape(title)}</h2>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4f}")
+        body += (f"<h2>{html.escape(title)}</h2><div class='scroll'>"
+                 + frame.to_html(index=False, float_format=lambda v: f"{v:.4f}") + "</div>")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>mixpipe report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}img{max-width:48%;margin:.5em}"
-        "table{border-collapse:collapse}td,th{padding:.2em .6em;border-bottom:1px solid #ddd}</style>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        ".lead{font-size:1.15em;background:#f3f6fa;padding:.8em 1em;border-left:4px solid #1f77b4}"
+        ".figures img{max-width:49%;vertical-align:top}img.wide{max-width:100%}"
+        ".scroll{overflow-x:auto}table{border-collapse:collapse;font-size:13px}"
+        "td,th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"
+        "td{white-space:nowrap}td:last-child{white-space:normal;min-width:16em}</style>"
         f"</head><body><h1>mixpipe report</h1>{body}</body></html>"
     )
     path = out / "index.html"

@@ -229,10 +229,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         history.append(record)
         if rank == 0:
+            this_run = [r["epoch_seconds"] for r in history if r["attempt"] == progress.attempt]
+            eta = sum(this_run) / len(this_run) * (job.last_epoch - epoch - 1)  # the mean epoch of this attempt
             log.info(
-                "[%s] epoch %d/%d train_loss %.4f val_loss %.4f %s %.4f (%.0f samples/s)",
+                "[%s] epoch %d/%d train_loss %.4f val_loss %.4f %s %.4f (%.0f samples/s, %.1fs/epoch, ETA %s)",
                 job.run_name, epoch + 1, job.epochs, record["train_loss"], record["val_loss"],
-                task.score_column, val_score, record["samples_per_s"],
+                task.score_column, val_score, record["samples_per_s"], seconds, _duration(eta),
             )
             with tempfile.TemporaryDirectory(prefix="mixpipe-ckpt-") as directory:
                 state = TrainState(epoch + 1, history, progress.attempt)
@@ -243,3 +245,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if job.crash_after_epoch == epoch + 1 and progress.attempt == 0:
             log.warning("[%s] fault drill: killing the rank-0 worker after epoch %d", job.run_name, epoch + 1)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``: an ETA as people read it."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"

@@ -1,5 +1,5 @@
 """Hyperparameter sweeps with Ray Tune over the training driver. Never re-implements training."""
 
-from pipelines.tuning.sweep import TrialOutcome, TrialPoint, grid, run_sweep, trial_job
+from pipelines.tuning.sweep import TrialOutcome, TrialPoint, grid, grid_scores, run_sweep, trial_job, with_point_spread
 
-__all__ = ["TrialOutcome", "TrialPoint", "grid", "run_sweep", "trial_job"]
+__all__ = ["TrialOutcome", "TrialPoint", "grid", "grid_scores", "run_sweep", "trial_job", "with_point_spread"]

@@ -52,6 +52,7 @@ class TrialPoint:
     method: str
     alpha: float
     options: tuple[tuple[str, Any], ...] = ()
+    seed_index: int = 0
 
     def __post_init__(self) -> None:
         # Tune hands the point back through JSON, as lists
@@ -59,16 +60,24 @@ class TrialPoint:
 
 
 def grid(
-    methods: list[str], alphas: list[float], options: Mapping[str, tuple[tuple[str, Any], ...]] | None = None
+    methods: list[str], alphas: list[float], options: Mapping[str, tuple[tuple[str, Any], ...]] | None = None,
+    seeds: int = 1,
 ) -> list[TrialPoint]:
-    """Every (method, alpha) pair, in params order, with names like ``t00-mixup-a0.2``.
+    """Every (method, alpha) pair, in params order, ``seeds`` times each, with names like
+    ``t00-mixup-a0.2`` (the first seed) and ``t00-mixup-a0.2-s1`` (the others), so a sweep's
+    names do not change when seeds are added. A trial's seed is derived from its name.
 
     Args:
         options: method -> its own parameters (:attr:`MixingSpec.options`), given to its trials.
+        seeds: repeats of each grid point.
     """
     options = options or {}
-    points = [(m, a) for m in methods for a in alphas]
-    return [TrialPoint(f"t{i:02d}-{m}-a{a:g}", m, float(a), options.get(m, ())) for i, (m, a) in enumerate(points)]
+    pairs = [(m, a) for m in methods for a in alphas]
+    return [
+        TrialPoint(f"t{i:02d}-{m}-a{a:g}" + (f"-s{s}" if s else ""), m, float(a), options.get(m, ()), s)
+        for i, (m, a) in enumerate(pairs)
+        for s in range(seeds)
+    ]
 
 
 def rung_epochs(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
@@ -174,6 +183,39 @@ def _concurrency(template: TrainJob, wanted: int) -> int:
     return max(1, min(wanted, groups))
 
 
+def _progress_lines(rung: int, epochs: int, total: int) -> Any:
+    """A Tune callback that prints one line per trial change (started, finished with its score,
+    failed) with the rung's counts, instead of Tune's status table every 30 s."""
+    from ray import tune
+
+    class ProgressLines(tune.Callback):
+        def __init__(self) -> None:
+            self.running: set[str] = set()
+            self.done = 0
+
+        def _line(self, trial: Any, what: str) -> None:
+            name = trial.config.get("point", {}).get("name", str(trial))
+            print(f"tune: rung {rung + 1} (to epoch {epochs}): {name} {what} - {self.done}/{total} done, "
+                  f"{len(self.running)} running", flush=True)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.running.add(trial.trial_id)
+            self._line(trial, "started")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.running.discard(trial.trial_id)
+            self.done += 1
+            result = trial.last_result or {}
+            score = result.get("val_score")
+            self._line(trial, f"finished, val score {score:.4f}" if isinstance(score, float) else "finished")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.running.discard(trial.trial_id)
+            self._line(trial, "FAILED")
+
+    return ProgressLines()
+
+
 def _run_rung(
     template: TrainJob, sweep_path: str, points: list[TrialPoint], epochs: int, rung: int,
     train: ArrayDataset, val: ArrayDataset, max_concurrent_trials: int,
@@ -194,7 +236,7 @@ def _run_rung(
         param_space={"point": tune.grid_search([asdict(p) for p in points]), "epochs": epochs},
         tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(template, max_concurrent_trials)),
         run_config=tune.RunConfig(name=f"rung-{rung}", storage_path=tune_storage, storage_filesystem=tune_filesystem,
-                                  verbose=0),
+                                  verbose=0, callbacks=[_progress_lines(rung, epochs, len(points))]),
     )
     for result in tuner.fit():
         if result.error is not None:
@@ -239,8 +281,10 @@ def run_sweep(
             final[point.name] = result
         kept = set(survivors(results, reduction_factor))
         last = epochs == template.epochs
+        pruned = sorted(r.trial for r in results if r.trial not in kept)
         print(f"tune: rung {rung + 1} (epoch {epochs}): {len(results)} trial(s), {len(results) - len(todo)} from the "
-              f"ledger" + ("" if last else f"; going on: {', '.join(sorted(kept))}"), flush=True)
+              f"ledger" + ("" if last else f"; going on: {', '.join(sorted(kept))}; pruned: {', '.join(pruned) or '-'}"),
+              flush=True)
         active = [p for p in active if p.name in kept]
 
     filesystem, _ = storage.arrow_filesystem(template.storage_path)
@@ -258,3 +302,45 @@ def run_sweep(
         outcomes.append(TrialOutcome(point, result.epochs, result.val_score, result.val_loss,
                                      result.checkpoint_path, saved.weights))
     return outcomes
+
+
+def with_point_spread(rows: list[dict[str, Any]], score: str, epochs: int) -> list[dict[str, Any]]:
+    """Each trial row with its grid point's ``point_<score>_mean`` and ``_std`` across seeds.
+
+    Only the point's seeds that ran all ``epochs`` count (a seed stopped at an earlier rung was
+    scored after fewer epochs); the mean is None when none did, the std (sample std, ``n - 1``)
+    when fewer than two did.
+    """
+    finished: dict[tuple[str, float], list[float]] = {}
+    for row in rows:
+        if row["epochs_run"] == epochs:
+            finished.setdefault((row["method"], row["alpha"]), []).append(float(row[score]))
+    out = []
+    for row in rows:
+        values = finished.get((row["method"], row["alpha"]), [])
+        mean = sum(values) / len(values) if values else None
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else None
+        out.append({**row, f"point_{score}_mean": mean, f"point_{score}_std": std})
+    return out
+
+
+def grid_scores(rows: list[dict[str, Any]], score: str) -> list[dict[str, Any]]:
+    """The tune grid for a method x alpha heatmap: per grid point, the mean and std of its seeds'
+    last validation ``score`` (std None for one seed), how many seeds and the epochs they ran, a
+    label (``0.953`` or ``0.953±0.004``, ``(e2)`` when pruned before the last rung) and ``dark``
+    (the cell is in the lower half of the colour scale: white text reads better there)."""
+    points: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        points.setdefault((row["method"], row["alpha"]), []).append(row)
+    cells = []
+    for (method, alpha), members in points.items():
+        values = [float(m[score]) for m in members]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else None
+        epochs = max(int(m["epochs_run"]) for m in members)
+        pruned = any(m["stopped_early"] for m in members)
+        label = f"{mean:.3f}" + (f"±{std:.3f}" if std is not None else "") + (f" (e{epochs})" if pruned else "")
+        cells.append({"method": method, "alpha": alpha, "score": mean, "score_std": std, "seeds": len(values),
+                      "epochs_run": epochs, "label": label})
+    low, high = min(c["score"] for c in cells), max(c["score"] for c in cells)
+    return [{**c, "dark": c["score"] < (low + high) / 2} for c in cells]

@@ -18,10 +18,12 @@ BIN = Path(sys.executable).parent
 
 # A pipeline small enough for CI that still exercises every stage for real.
 TINY_PARAMS = {
+    # digits, the smallest bundled set, keeps CI quick; the default (MNIST-1D) DAG is `make repro`'s
+    "data": {"name": "digits", "val_fraction": 0.15, "test_fraction": 0.15},
     # train reads augment's shards: the offline path end to end (tune mixes online)
     "mixing": {"source": "shards"},
     "augment": {"methods": ["mixup"], "num_shards": 2},
-    "train": {"epochs": 2, "batch_size": 32, "num_workers": 2},
+    "train": {"model": "cnn", "epochs": 2, "batch_size": 32, "num_workers": 2},
     # one rung: rungs and their continuation are the library tests' (test_ray_library, test_cluster)
     "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 1, "grace_period": 1,
              "max_concurrent_trials": 2},

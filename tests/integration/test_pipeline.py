@@ -100,20 +100,30 @@ def test_merge_and_evaluate_cover_every_model(workspace):
         assert json.loads(by_method.loc[method, "params"]).items() >= json.loads(chosen["params"].iloc[0]).items()
         assert by_method.loc[method, "val_accuracy"] == pytest.approx(chosen["val_accuracy"].iloc[0])
     curve = (workspace / "results/plots/interpolation.csv").read_text().splitlines()
-    assert curve[0] == "t,val_loss,val_accuracy,test_loss,test_accuracy" and len(curve) == 26
+    assert curve[0] == "t,val_loss,val_accuracy,test_loss,test_accuracy,endpoint" and len(curve) == 26
     interpolation = json.loads((workspace / "results/interpolation.json").read_text())["interpolation"]
     assert len(interpolation["pair"]) == 2 and set(interpolation["pair"]) <= set(TRIALS)
+    assert curve[1].endswith(f"t=0: {interpolation['pair'][0]}") and curve[-1].endswith(f"t=1: {interpolation['pair'][1]}")
     evaluation = tables.read_table(str(workspace / "results/evaluation.parquet"), "evaluation")
     assert evaluation["model"].tolist() == ["base", *TRIALS, *MERGES]
     assert (evaluation["num_samples"] == 269).all() and (evaluation["accuracy"] > 0.5).all()
-    metrics = json.loads((workspace / "metrics.json").read_text())["test"]
-    assert set(metrics) == {"base", "best_trial", *MERGES}
-    assert metrics["base"]["accuracy"] == pytest.approx(evaluation.set_index("model").loc["base", "accuracy"], abs=1e-6)
-    for method in MERGES:  # the merge stage's test metrics are the evaluate stage's
-        assert by_method.loc[method, "test_accuracy"] == pytest.approx(metrics[method]["accuracy"], abs=1e-6)
-    assert (workspace / "results/plots/models.csv").read_text().startswith("model,kind,num_samples,accuracy")
+    assert (evaluation["accuracy_lo"] <= evaluation["accuracy"]).all() and (evaluation["accuracy"] <= evaluation["accuracy_hi"]).all()
+    by_model = evaluation.set_index("model")
+    assert by_model.loc["base", "accuracy_p"] == 1.0 and by_model.loc["base", "nll_vs_base"] == 0.0
+    summary = json.loads((workspace / "metrics.json").read_text())
+    assert set(summary) == {"score", "base", "trial", "merge"}
+    assert summary["base"]["test"] == pytest.approx(by_model.loc["base", "accuracy"], abs=1e-6)
+    assert summary["trial"]["name"] in TRIALS and summary["merge"]["name"] in MERGES
+    detail = json.loads((workspace / "results/model_metrics.json").read_text())["test"]
+    for method in MERGES:  # the merge stage's test metrics and intervals (same resamples) are the evaluate stage's
+        for column in ("accuracy", "accuracy_lo", "accuracy_hi", "nll_lo", "nll_hi"):
+            assert by_method.loc[method, f"test_{column}"] == pytest.approx(detail[method][column], abs=1e-6)
+    trials = tables.read_table(str(workspace / "results/trials.parquet"), "trials")
+    assert ((trials["val_accuracy_lo"] <= trials["val_accuracy"]) & (trials["val_accuracy"] <= trials["val_accuracy_hi"])).all()
+    assert (workspace / "results/plots/models.csv").read_text().startswith("model,kind,num_samples,accuracy,accuracy_lo")
     page = (workspace / "report/index.html").read_text()
-    assert all(f'src="{name}.png"' in page for name in ("training", "accuracy", "reliability", "interpolation"))
+    assert all(f'src="{name}.png"' in page for name in ("training", "accuracy", "reliability", "interpolation", "tune_grid"))
+    assert "Best on validation: <b>" in page
 
 
 def test_second_repro_does_nothing(workspace):
@@ -193,18 +203,18 @@ def test_experiment_changes_the_metric_compare_reads_it_and_a_clone_gets_it(work
     base_exp = next(e for e in baseline["experiments"] if e["name"] == "ece5")["revs"][0]
 
     def metric(entry):
-        return entry["data"]["metrics"]["metrics.json"]["data"]["test"]
+        return entry["data"]["metrics"]["results/model_metrics.json"]["data"]["test"]
 
     def params(entry):
         return entry["data"]["params"]["params.yaml"]["data"]["evaluate"]["ece_bins"]
 
     assert params(baseline) == 15 and params(base_exp) == 5
     assert {m: v["accuracy"] for m, v in metric(base_exp).items()} == {m: v["accuracy"] for m, v in metric(baseline).items()}
-    # a model whose confidences all fall in one bin of either binning keeps its ECE; not every model
-    # does. (best_trial names a trial: compare lists models by their own names.)
-    [model, *_] = [m for m in metric(baseline) if m != "best_trial" and metric(base_exp)[m]["ece"] != metric(baseline)[m]["ece"]]
+    # a model whose confidences all fall in one bin of either binning keeps its ECE; not every model does
+    [model, *_] = [m for m in metric(baseline) if metric(base_exp)[m]["ece"] != metric(baseline)[m]["ece"]]
     compared = json.loads(run(workspace, "mixpipe", "compare", "HEAD", "ece5", "--metric", "ece", "--json").stdout)
     assert compared[model]["HEAD"] == pytest.approx(metric(baseline)[model]["ece"], abs=1e-6)
+    assert compared[model]["HEAD lo"] == pytest.approx(metric(baseline)[model]["ece_lo"], abs=1e-6)
     assert compared[model]["ece5"] == pytest.approx(metric(base_exp)[model]["ece"], abs=1e-6)
 
     # the experiment reaches another clone: its git ref through the git remote, its outs through

@@ -10,7 +10,7 @@ from pipelines.errors import ConfigError
 def test_repository_params_are_valid(repo_root):
     params = load_params(repo_root / "params.yaml")
     assert isinstance(params, Params)
-    assert params.data.name == "digits"
+    assert params.data.name == "mnist1d" and params.train.model == "cnn1d"
     assert load_params(repo_root / "params.yaml", "mixing") == params.mixing
 
 

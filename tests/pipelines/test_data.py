@@ -159,8 +159,8 @@ def test_contiguous_shares_partition_evenly(n, parts):
 
 def test_mnist1d_is_generated_deterministically_and_balanced():
     first = load_dataset("mnist1d", seed=3)
-    assert first.x.shape == (5000, 1, 40) and first.num_classes == 10
-    assert np.bincount(first.y).tolist() == [500] * 10
+    assert first.x.shape == (12000, 1, 40) and first.num_classes == 10
+    assert np.bincount(first.y).tolist() == [1200] * 10
     # standardised in float64, then stored as float32: each value moves by at most U32 |x|, so the
     # mean by at most U32 max|x| and the standard deviation (of order 1) by about as much
     bound = 2 * U32 * float(np.abs(first.x).max())

@@ -8,20 +8,12 @@ import pytest
 
 from pipelines import tables
 from pipelines.errors import DataError
+from tests.result_rows import evaluation_frame, merges_frame, trials_frame
 
 
 def _evaluation_rows():
-    return pd.DataFrame(
-        {
-            "model": ["base", "soup"],
-            "kind": ["base", "merged"],
-            "num_samples": [10, 10],
-            "accuracy": [0.9, 0.8],
-            "nll": [0.3, 0.4],
-            "ece": [0.05, 0.1],
-            "brier": [0.2, 0.3],
-        }
-    )
+    return evaluation_frame(model=["base", "soup"], kind=["base", "merged"], num_samples=[10, 10], accuracy=[0.9, 0.8],
+                            nll=[0.3, 0.4], ece=[0.05, 0.1], brier=[0.2, 0.3])
 
 
 def test_round_trip_keeps_values_and_metadata(tmp_path):
@@ -90,11 +82,11 @@ def test_every_table_accepts_a_valid_row():
                           "y_partner": [2], "lam": [np.float32(0.25)]},
         "train_history": {"epoch": [1], "train_loss": [1.0], "val_loss": [1.0], "val_accuracy": [0.5],
                           "lr": [0.1], "samples_per_s": [10.0], "epoch_seconds": [1.0], "world_size": [2], "attempt": [0]},
-        "trials": {"trial": ["t00"], "method": ["mixup"], "alpha": [0.2], "epochs_run": [2], "stopped_early": [True],
-                   "val_loss": [0.1], "val_accuracy": [0.9], "checkpoint": ["models/trials/t00"]},
-        "merges": {"method": ["uniform_soup"], "params": ["{}"], "num_models": [4], "members": ["a,b"],
-                   **{f"{s}_{m}": [0.1] for s in ("val", "test") for m in ("accuracy", "nll", "ece", "brier")},
-                   "seconds": [0.5], "peak_memory_mib": [1.5], "checkpoint": ["m.safetensors"]},
+        "trials": trials_frame(trial=["t00"], method=["mixup"], alpha=[0.2], epochs_run=[2], stopped_early=[True],
+                               val_loss=[0.1], val_accuracy=[0.9], checkpoint=["models/trials/t00"]).to_dict("list"),
+        "merges": merges_frame(method=["uniform_soup"], params=["{}"], num_models=[4], members=["a,b"],
+                               **{f"{s}_{m}": [0.1] for s in ("val", "test") for m in ("accuracy", "nll", "ece", "brier")},
+                               seconds=[0.5], peak_memory_mib=[1.5], checkpoint=["m.safetensors"]).to_dict("list"),
         "merge_search": {"method": ["ties"], "params": ['{"density": 0.2}'], "val_loss": [0.2], "val_accuracy": [0.9],
                          "chosen": [True]},
         "evaluation": _evaluation_rows().iloc[:1].to_dict("list"),
@@ -103,12 +95,14 @@ def test_every_table_accepts_a_valid_row():
         "dataset_regression": {**rows["dataset"], "y": [np.float32(-1.5)]},
         "mixed_samples_regression": {**rows["mixed_samples"], "y": [np.float32(-1.5)], "y_partner": [np.float32(0.5)]},
         "train_history_regression": {**{k: v for k, v in rows["train_history"].items() if k != "val_accuracy"}, "val_r2": [-0.5]},
-        "trials_regression": {**{k: v for k, v in rows["trials"].items() if k != "val_accuracy"}, "val_r2": [0.4]},
-        "merges_regression": {**{k: v for k, v in rows["merges"].items() if k[:4] not in ("val_", "test")},
-                              **{f"{s}_{m}": [0.3] for s in ("val", "test") for m in ("r2", "mse", "rmse", "mae")}},
+        "trials_regression": trials_frame("val_r2", trial=["t00"], method=["cmixup"], alpha=[0.2], epochs_run=[2],
+                                          stopped_early=[True], val_loss=[0.1], val_r2=[0.4], checkpoint=["t"]).to_dict("list"),
+        "merges_regression": merges_frame("regression", method=["uniform_soup"], params=["{}"], num_models=[4], members=["a,b"],
+                                          **{f"{s}_{m}": [0.3] for s in ("val", "test") for m in ("r2", "mse", "rmse", "mae")},
+                                          seconds=[0.5], peak_memory_mib=[1.5], checkpoint=["m.safetensors"]).to_dict("list"),
         "merge_search_regression": {**{k: v for k, v in rows["merge_search"].items() if k != "val_accuracy"}, "val_r2": [0.3]},
-        "evaluation_regression": {"model": ["base"], "kind": ["base"], "num_samples": [3], "r2": [0.5], "mse": [2.0],
-                                  "rmse": [2.0**0.5], "mae": [1.0]},
+        "evaluation_regression": evaluation_frame("regression", model=["base"], kind=["base"], num_samples=[3], r2=[0.5],
+                                                  mse=[2.0], rmse=[2.0**0.5], mae=[1.0]).to_dict("list"),
     }
     rows.update(regression)
     assert rows.keys() == tables.TABLES.keys()
@@ -122,10 +116,10 @@ def test_every_table_accepts_a_valid_row():
 
 def test_a_plain_table_name_reads_the_regression_variant(tmp_path):
     url = str(tmp_path / "evaluation.parquet")
-    frame = pd.DataFrame({"model": ["base"], "kind": ["base"], "num_samples": [3], "r2": [0.5], "mse": [2.0],
-                          "rmse": [2.0**0.5], "mae": [1.0]})
+    frame = evaluation_frame("regression", model=["base"], kind=["base"], num_samples=[3], r2=[0.5], mse=[2.0],
+                             rmse=[2.0**0.5], mae=[1.0])
     tables.write_table(frame, url, tables.table_for("evaluation", "regression"))
-    assert list(tables.read_table(url, "evaluation").columns) == list(frame.columns)
+    assert list(tables.read_table(url, "evaluation").columns) == list(tables.table_for("evaluation", "regression").columns)
     with pytest.raises(DataError, match="do not match"):
         tables.read_table(url, tables.EVALUATION)  # an explicit spec is not second-guessed
     with pytest.raises(DataError, match="less_than_or_equal_to"):
