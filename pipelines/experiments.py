@@ -31,7 +31,9 @@ def read_table_at(path: str, table: str, rev: str, repo: str = ".") -> pd.DataFr
     from dvc.exceptions import DvcException
 
     try:
-        with dvc.api.open(path, repo=repo, rev=rev, mode="rb") as handle:
+        # the workspace's default remote, named: at a revision DVC would read the config committed
+        # there, which may name none (or an old one)
+        with dvc.api.open(path, repo=repo, rev=rev, mode="rb", remote=_default_remote(repo)) as handle:
             data = handle.read()
     except (DvcException, FileNotFoundError) as error:
         raise DataError(missing_data_hint(path, rev, repo, error)) from None

@@ -304,12 +304,20 @@ def run_sweep(
     return outcomes
 
 
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean (None for no values) and sample standard deviation (``n - 1``; None below two values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else None
+    return mean, std
+
+
 def with_point_spread(rows: list[dict[str, Any]], score: str, epochs: int) -> list[dict[str, Any]]:
     """Each trial row with its grid point's ``point_<score>_mean`` and ``_std`` across seeds.
 
     Only the point's seeds that ran all ``epochs`` count (a seed stopped at an earlier rung was
-    scored after fewer epochs); the mean is None when none did, the std (sample std, ``n - 1``)
-    when fewer than two did.
+    scored after fewer epochs); the mean is None when none did, the std when fewer than two did.
     """
     finished: dict[tuple[str, float], list[float]] = {}
     for row in rows:
@@ -317,30 +325,28 @@ def with_point_spread(rows: list[dict[str, Any]], score: str, epochs: int) -> li
             finished.setdefault((row["method"], row["alpha"]), []).append(float(row[score]))
     out = []
     for row in rows:
-        values = finished.get((row["method"], row["alpha"]), [])
-        mean = sum(values) / len(values) if values else None
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else None
+        mean, std = _mean_std(finished.get((row["method"], row["alpha"]), []))
         out.append({**row, f"point_{score}_mean": mean, f"point_{score}_std": std})
     return out
 
 
 def grid_scores(rows: list[dict[str, Any]], score: str) -> list[dict[str, Any]]:
-    """The tune grid for a method x alpha heatmap: per grid point, the mean and std of its seeds'
-    last validation ``score`` (std None for one seed), how many seeds and the epochs they ran, a
-    label (``0.953`` or ``0.953±0.004``, ``(e2)`` when pruned before the last rung) and ``dark``
-    (the cell is in the lower half of the colour scale: white text reads better there)."""
+    """The tune grid for a method x alpha heatmap. Per grid point, over its seeds that trained
+    longest (so one cell never mixes scores after different epochs): the mean and std of their
+    last validation ``score``, how many, their epochs, a label (``0.953``, ``0.953±0.004``, with
+    ``(e2)`` when they were pruned at that epoch) and ``dark`` (the cell is in the lower half of
+    the colour scale: white text reads better there)."""
     points: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in rows:
         points.setdefault((row["method"], row["alpha"]), []).append(row)
     cells = []
     for (method, alpha), members in points.items():
-        values = [float(m[score]) for m in members]
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else None
         epochs = max(int(m["epochs_run"]) for m in members)
-        pruned = any(m["stopped_early"] for m in members)
+        longest = [m for m in members if int(m["epochs_run"]) == epochs]
+        mean, std = _mean_std([float(m[score]) for m in longest])
+        pruned = all(m["stopped_early"] for m in longest)
         label = f"{mean:.3f}" + (f"±{std:.3f}" if std is not None else "") + (f" (e{epochs})" if pruned else "")
-        cells.append({"method": method, "alpha": alpha, "score": mean, "score_std": std, "seeds": len(values),
+        cells.append({"method": method, "alpha": alpha, "score": mean, "score_std": std, "seeds": len(longest),
                       "epochs_run": epochs, "label": label})
     low, high = min(c["score"] for c in cells), max(c["score"] for c in cells)
     return [{**c, "dark": c["score"] < (low + high) / 2} for c in cells]

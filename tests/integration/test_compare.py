@@ -65,3 +65,22 @@ def test_compare_names_the_fetch_command_of_the_default_remote(ran_elsewhere, tm
         assert "no experiment or revision 'no-such-exp' here has it as a DVC output" in capsys.readouterr().err
     finally:
         run(ran_elsewhere, sys.executable, "-m", "dvc", "remote", "remove", "store")
+
+
+def test_compare_reads_a_revision_from_the_default_remote_when_the_cache_lacks_it(ran_elsewhere, tmp_path, monkeypatch, capsys):
+    remote = tmp_path / "remote"
+    monkeypatch.chdir(ran_elsewhere)
+    run(ran_elsewhere, sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "store", str(remote))
+    try:
+        # fill the remote from another clone that still has the data: re-run it there and push
+        other = tmp_path / "other"
+        run(tmp_path, "git", "clone", "-q", str(ran_elsewhere), str(other))
+        run(other, sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "store", str(remote))
+        run(other, sys.executable, "-m", "dvc", "repro", "-q")
+        run(other, sys.executable, "-m", "dvc", "push", "-q")
+        assert not (ran_elsewhere / ".dvc" / "cache").exists() or not any((ran_elsewhere / ".dvc" / "cache").rglob("*.parquet"))
+        assert main(["compare", "HEAD"]) == 0
+        out = capsys.readouterr().out
+        assert "soup" in out and "1.0000 [1.0000, 1.0000]" in out
+    finally:
+        run(ran_elsewhere, sys.executable, "-m", "dvc", "remote", "remove", "store")

@@ -126,6 +126,22 @@ def test_merge_and_evaluate_cover_every_model(workspace):
     assert "Best on validation: <b>" in page
 
 
+def test_dvc_plots_render_every_plot_with_its_title_offline(workspace):
+    from pipelines.offline_plots import SCRIPTS
+
+    cache = workspace / ".mixpipe" / "vega"  # the scripts as `mixpipe plots` keeps them (no network here)
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, version, _, _ in SCRIPTS:
+        (cache / f"{name}-{version}.min.js").write_text(f"// {name}")
+    run(workspace, "mixpipe", "plots", "-o", "shown")
+    page = (workspace / "shown" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and '<script src="vega-lite.min.js">' in page
+    for title in ("Base model - loss by epoch", "Tune grid - validation score by mixing method and alpha",
+                  "Test accuracy by model", "Reliability on the test split", "t=0 and t=1 are named"):
+        assert title in page, title
+    assert (workspace / "shown" / "vega-embed.min.js").read_text() == "// vega-embed"
+
+
 def test_second_repro_does_nothing(workspace):
     again = run(workspace, "dvc", "repro")
     assert "Running stage" not in again.stdout

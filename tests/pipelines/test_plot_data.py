@@ -108,7 +108,10 @@ def test_grid_cells_by_hand():
     # mixup: mean 0.92, sample std sqrt(2 * 0.02² / 1) = 0.028284
     assert mixup["score"] == pytest.approx(0.92) and mixup["score_std"] == pytest.approx(0.02 * 2**0.5)
     assert mixup["label"] == "0.920±0.028" and not mixup["dark"] and cutmix["dark"]
-    assert cutmix["label"].endswith("(e4)") and cutmix["seeds"] == 2
+    # cutmix: only the seed that ran 4 epochs counts (the other was pruned at 2)
+    assert cutmix["label"] == "0.850" and cutmix["seeds"] == 1 and cutmix["score_std"] is None
+    pruned = grid_scores([{**_trial_rows()[2], "method": "mixup", "alpha": 1.0}], "val_accuracy")
+    assert pruned[0]["label"] == "0.800 (e2)"
 
 
 def test_point_spread_counts_only_seeds_that_ran_every_epoch():
