@@ -61,10 +61,14 @@ def mcnemar_p(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float:
 
 
 def paired_p(differences: torch.Tensor) -> float:
-    """Two-sided paired-bootstrap p-value of "the difference is 0": ``2 * min(P(d <= 0), P(d >= 0))``
-    over the resampled differences, capped at 1 (identical models give 1)."""
+    """Two-sided paired-bootstrap p-value of "the difference is 0": twice the smaller tail of the
+    resampled differences around 0, each tail counted as ``(k + 1) / (B + 1)`` (Davison & Hinkley,
+    "Bootstrap Methods and their Application", 1997, §4.2), so B resamples never claim p = 0, only
+    p <= 2 / (B + 1); capped at 1 (identical models give 1)."""
     d = differences.double()
-    return min(1.0, 2 * min((d <= 0).double().mean().item(), (d >= 0).double().mean().item()))
+    count = len(d)
+    below, above = int((d <= 0).sum()), int((d >= 0).sum())
+    return min(1.0, 2 * (min(below, above) + 1) / (count + 1))
 
 
 def percentile_interval(values: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:

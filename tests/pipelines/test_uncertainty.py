@@ -44,8 +44,8 @@ def test_mcnemar_exact_by_hand():
 
 def test_paired_bootstrap_p_by_hand():
     assert paired_p(torch.zeros(100)) == 1.0  # identical models
-    assert paired_p(torch.tensor([1.0, 2.0, 3.0, -1.0])) == 0.5  # 2 * min(1/4, 3/4)
-    assert paired_p(torch.ones(50)) == 0.0
+    assert paired_p(torch.tensor([1.0, 2.0, 3.0, -1.0])) == 0.8  # 2 * (min(1, 3) + 1) / (4 + 1)
+    assert paired_p(torch.ones(50)) == 2 / 51  # every resample above 0: the smallest p 50 resamples can give
 
 
 def _terms(n, seed, classes=4):
