@@ -30,13 +30,14 @@ def read_table_at(path: str, table: str, rev: str, repo: str = ".") -> pd.DataFr
     import dvc.api
     from dvc.exceptions import DvcException
 
+    # the workspace's default remote, named: at a revision DVC would read the config committed
+    # there, which may name none (or an old one)
+    remote = _default_remote(repo)
     try:
-        # the workspace's default remote, named: at a revision DVC would read the config committed
-        # there, which may name none (or an old one)
-        with dvc.api.open(path, repo=repo, rev=rev, mode="rb", remote=_default_remote(repo)) as handle:
+        with dvc.api.open(path, repo=repo, rev=rev, mode="rb", remote=remote) as handle:
             data = handle.read()
     except (DvcException, FileNotFoundError) as error:
-        raise DataError(missing_data_hint(path, rev, repo, error)) from None
+        raise DataError(missing_data_hint(path, rev, repo, remote, error)) from None
     arrow = pq.read_table(io.BytesIO(data)).replace_schema_metadata(None)
     tables.validate(arrow, tables.spec_of_schema(table, arrow.schema), f"{path} at {rev}")
     return tables.to_frame(arrow)
@@ -60,8 +61,8 @@ def _default_remote(repo: str) -> str | None:
         return None
 
 
-def missing_data_hint(path: str, rev: str, repo: str, error: Exception) -> str:
-    """Why ``path`` cannot be read at ``rev``, and the command that brings it."""
+def missing_data_hint(path: str, rev: str, repo: str, remote: str | None, error: Exception) -> str:
+    """Why ``path`` cannot be read at ``rev`` (tried in the cache and on ``remote``), and the command that brings it."""
     import dvc.api
     from dvc.exceptions import DvcException
 
@@ -75,7 +76,6 @@ def missing_data_hint(path: str, rev: str, repo: str, error: Exception) -> str:
         return (f"cannot read {path} at {rev!r}: no {what} {rev!r} here has it as a DVC output "
                 f"(`dvc exp show` lists experiments; `git log` revisions)"
                 + (f"; DVC said: {str(error).splitlines()[0][:200]}" if is_commit else ""))
-    remote = _default_remote(repo)
     text = f"{path} at {rev!r} is a DVC output whose data is not in this repository's cache"
     if remote is None:
         return (f"{text}, and no default DVC remote is set to fetch it from. Recompute it here with "
@@ -143,10 +143,12 @@ def compare_table(revs: list[str], table: str, metric: str, path: str | None = N
 def format_comparison(frame: pd.DataFrame, revs: list[str]) -> str:
     """The comparison as text: ``value [lo, hi]`` per revision, the differences, and ``*`` where
     a difference is beyond the noise."""
+    from pipelines.evaluation.uncertainty import interval_text  # the evaluation package loads torch
+
     shown = pd.DataFrame(index=frame.index)
     for rev in revs:
         if f"{rev} lo" in frame:
-            shown[rev] = [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in
+            shown[rev] = [interval_text(v, lo, hi) for v, lo, hi in
                           zip(frame[rev], frame[f"{rev} lo"], frame[f"{rev} hi"], strict=True)]
         else:
             shown[rev] = [f"{v:.4f}" for v in frame[rev]]

@@ -16,7 +16,7 @@ from pipelines import storage, tables
 from pipelines.data import read_prepared
 from pipelines.evaluation import NamedModel, bootstrap_seed, evaluate_models
 from pipelines.evaluation.plot_data import models_plot
-from pipelines.evaluation.summary import model_metrics, summary_metrics
+from pipelines.evaluation.summary import evaluation_view, model_metrics, summary_metrics
 from pipelines.models import load_model, load_state_dict, model_from_state
 from stages.common import entrypoint, params, target_scale
 
@@ -40,19 +40,9 @@ def main(argv: list[str]) -> None:
     tables.write_table(evaluation, storage.join(p.paths.results, "evaluation.parquet"), tables.table_for("evaluation", card.task))
     storage.write_json(p.paths.metrics, summary_metrics(evaluation, trials, merges, card.task))
     storage.write_json(storage.join(p.paths.results, "model_metrics.json"), model_metrics(evaluation, card.task))
-    metric_names = list(tables.METRICS[card.task])
     storage.write_text(storage.join(p.paths.plots, "models.csv"), models_plot(evaluation, card.task).to_csv(index=False))
     storage.write_text(storage.join(p.paths.plots, "reliability.csv"), reliability.to_csv(index=False))
-    score = metric_names[0]
-    shown = evaluation[["model", "kind"]].assign(**{
-        f"{score} [95%]": [f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in
-                           zip(evaluation[score], evaluation[f"{score}_lo"], evaluation[f"{score}_hi"], strict=True)],
-        "vs base": [f"{d:+.4f}" for d in evaluation[f"{score}_vs_base"]],
-        "p": [f"{v:.3g}" for v in evaluation[f"{score}_p"]],
-        **{name: evaluation[name].round(4) for name in metric_names[1:3]},
-    })
-    print(shown.to_string(index=False))
-
+    print(evaluation_view(evaluation, card.task).to_string(index=False))
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ import yaml
 from pipelines import storage, tables
 from pipelines.config import fingerprint
 from pipelines.data import read_prepared
-from pipelines.evaluation import bootstrap_seed, output_metrics, predict_logits
+from pipelines.evaluation import bootstrap_seed, score_state
 from pipelines.locks import run_lock
 from pipelines.mixing import MixingSpec
 from pipelines.models import load_card, load_state_dict, model_from_state, save_checkpoint
@@ -67,8 +67,7 @@ def main(argv: list[str]) -> None:
         save_checkpoint(directory, o.weights, replace(card, info=info))
         # the intervals come from the checkpoint's outputs on the whole split (the loop's own
         # numbers, which rank the trials, are sums over ranks and carry none)
-        outputs = predict_logits(model_from_state(card, o.weights), val.x)
-        bounds = output_metrics(outputs, val.y, card.task, interval_seed=interval_seed)
+        bounds = score_state(card, o.weights, val.x, val.y, interval_seed=interval_seed)
         rows.append({"trial": o.point.name, "method": o.point.method, "alpha": o.point.alpha,
                      "seed_index": o.point.seed_index, "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
                      "val_loss": o.val_loss, "val_loss_lo": bounds[f"{task.loss}_lo"], "val_loss_hi": bounds[f"{task.loss}_hi"],

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipelines.evaluation.summary import evaluation_view  # noqa: E402
+from pipelines.evaluation.uncertainty import interval_column, interval_text  # noqa: E402
+
 
 def _save(figure, path: Path) -> str:
     figure.tight_layout()
@@ -159,12 +162,6 @@ def tune_heatmap(grid_cells: pd.DataFrame, score: str, path: Path) -> str:
     return _save(figure, path)
 
 
-def _with_interval(frame: pd.DataFrame, column: str, signed: bool = False) -> list[str]:
-    spec = "+.4f" if signed else ".4f"
-    return [f"{v:{spec}} [{lo:{spec}}, {hi:{spec}}]" for v, lo, hi in
-            zip(frame[column], frame[f"{column}_lo"], frame[f"{column}_hi"], strict=True)]
-
-
 def headline(evaluation: pd.DataFrame, trials: pd.DataFrame, merges: pd.DataFrame, task: str) -> tuple[str | None, str]:
     """The model picked on validation (the better of the best trial and the best merge) and one
     sentence on its test score against the base, with the interval and p-value."""
@@ -178,35 +175,20 @@ def headline(evaluation: pd.DataFrame, trials: pd.DataFrame, merges: pd.DataFram
     test = "McNemar" if score == "accuracy" else "paired bootstrap"
     verdict = ("larger than the noise" if row[f"{score}_p"] < SIGNIFICANCE
                else f"within the noise (p ≥ {SIGNIFICANCE})")
+    against = f"{score}_vs_base"
     text = (f"Best on validation: <b>{html.escape(best)}</b> ({html.escape(str(row['kind']))}). Test {score} "
-            f"{row[score]:.4f} [{row[f'{score}_lo']:.4f}, {row[f'{score}_hi']:.4f}]; against the base "
-            f"{row[f'{score}_vs_base']:+.4f} [{row[f'{score}_vs_base_lo']:+.4f}, {row[f'{score}_vs_base_hi']:+.4f}], "
+            f"{interval_text(row[score], row[f'{score}_lo'], row[f'{score}_hi'])}; against the base "
+            f"{interval_text(row[against], row[f'{against}_lo'], row[f'{against}_hi'], signed=True)}, "
             f"{test} p = {row[f'{score}_p']:.3g}: {verdict}.")
     return best, text
-
-
-def _evaluation_view(evaluation: pd.DataFrame, task: str) -> pd.DataFrame:
-    from pipelines.tables import METRICS
-
-    names = list(METRICS[task])
-    score = names[0]
-    view = pd.DataFrame({"model": evaluation["model"], "kind": evaluation["kind"],
-                         f"{score} [95%]": _with_interval(evaluation, score),
-                         "vs base [95%]": _with_interval(evaluation.assign(d=evaluation[f"{score}_vs_base"],
-                                                                           d_lo=evaluation[f"{score}_vs_base_lo"],
-                                                                           d_hi=evaluation[f"{score}_vs_base_hi"]), "d", True),
-                         "p": [f"{v:.3g}" for v in evaluation[f"{score}_p"]]})
-    for name in names[1:3]:
-        view[f"{name} [95%]"] = _with_interval(evaluation, name)
-    return view
 
 
 def _merges_view(merges: pd.DataFrame, task: str) -> pd.DataFrame:
     score = "accuracy" if task == "classification" else "r2"
     view = pd.DataFrame({"method": merges["method"], "models": merges["num_models"]})
     if f"val_{score}_lo" in merges:
-        view[f"val {score} [95%]"] = _with_interval(merges, f"val_{score}")
-        view[f"test {score} [95%]"] = _with_interval(merges, f"test_{score}")
+        view[f"val {score} [95%]"] = interval_column(merges, f"val_{score}")
+        view[f"test {score} [95%]"] = interval_column(merges, f"test_{score}")
     if "params" in merges:
         view["params"] = merges["params"].str.replace(r'[{}"]', "", regex=True).str.replace(",", ", ")
     if "seconds" in merges:
@@ -220,8 +202,8 @@ def _trials_view(trials: pd.DataFrame, task: str) -> pd.DataFrame:
     view = trials.drop(columns=[c for c in trials.columns if c == "checkpoint" or c.endswith(("_lo", "_hi"))
                                 or c.startswith("point_")])
     if f"{score}_lo" in trials:
-        view[score] = _with_interval(trials, score)
-        view["val_loss"] = _with_interval(trials, "val_loss")
+        view[score] = interval_column(trials, score)
+        view["val_loss"] = interval_column(trials, "val_loss")
     if f"point_{score}_std" in trials and trials[f"point_{score}_std"].notna().any():
         view["mean ± std over seeds"] = [f"{m:.4f} ± {s:.4f}" if pd.notna(s) else "" for m, s in
                                          zip(trials[f"point_{score}_mean"], trials[f"point_{score}_std"], strict=True)]
@@ -263,7 +245,7 @@ def render_report(
     if len(reliability):
         wide.append(reliability_grid(reliability, list(dict.fromkeys(evaluation["model"])), out / "reliability.png"))
     sections = [
-        ("Evaluation (test split)", _evaluation_view(evaluation, task) if f"{score}_lo" in evaluation else evaluation),
+        ("Evaluation (test split)", evaluation_view(evaluation, task) if f"{score}_lo" in evaluation else evaluation),
         ("Merges", _merges_view(merges, task)),
         *([("Merge coefficient search (validation split)", merge_search)] if merge_search is not None and len(merge_search) else []),
         ("Tune trials (validation split)", _trials_view(trials, task)),

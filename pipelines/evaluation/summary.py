@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.evaluation.uncertainty import interval_column
 from pipelines.tasks import get_task
 
 DIGITS = 4
@@ -81,3 +82,19 @@ def model_metrics(evaluation: pd.DataFrame, task: str) -> dict[str, Any]:
 
     columns = [c for name in METRICS[task] for c in (name, f"{name}_lo", f"{name}_hi", f"{name}_p")]
     return {"test": {str(row["model"]): {c: _number(row[c]) for c in columns} for _, row in evaluation.iterrows()}}
+
+
+def evaluation_view(evaluation: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The evaluation table as people read it: the score with its interval, the difference to the
+    base with its interval and p-value, and the next two metrics with their intervals."""
+    from pipelines.tables import METRICS
+
+    names = list(METRICS[task])
+    score = names[0]
+    view = pd.DataFrame({"model": evaluation["model"], "kind": evaluation["kind"],
+                         f"{score} [95%]": interval_column(evaluation, score),
+                         "vs base [95%]": interval_column(evaluation, f"{score}_vs_base", signed=True),
+                         "p": [f"{v:.3g}" for v in evaluation[f"{score}_p"]]})
+    for name in names[1:3]:
+        view[f"{name} [95%]"] = interval_column(evaluation, name)
+    return view

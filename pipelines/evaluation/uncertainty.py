@@ -71,6 +71,18 @@ def paired_p(differences: torch.Tensor) -> float:
     return min(1.0, 2 * (min(below, above) + 1) / (count + 1))
 
 
+def interval_text(value: float, lo: float, hi: float, signed: bool = False) -> str:
+    """``0.8597 [0.8506, 0.8682]`` (``signed``: ``+0.0148 [+0.0088, +0.0210]``), as every table shows it."""
+    spec = "+.4f" if signed else ".4f"
+    return f"{value:{spec}} [{lo:{spec}}, {hi:{spec}}]"
+
+
+def interval_column(frame, column: str, signed: bool = False) -> list[str]:
+    """:func:`interval_text` of ``column`` with its ``<column>_lo`` / ``<column>_hi`` for every row."""
+    return [interval_text(v, lo, hi, signed) for v, lo, hi in
+            zip(frame[column], frame[f"{column}_lo"], frame[f"{column}_hi"], strict=True)]
+
+
 def percentile_interval(values: torch.Tensor, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The central ``confidence`` range of resampled values."""
     tail = (1 - confidence) / 2
