@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from pipelines import storage, tables
-from pipelines.cluster.resources import Demand, ensure_feasible, free_for, queue_notice
+from pipelines.cluster.resources import Demand, autoscaler_ceiling, ensure_feasible, free_for, queue_notice
 from pipelines.cluster.session import scoped_env
 from pipelines.data import ArrayDataset, MixedDataset
 from pipelines.errors import ClusterError, ConfigError, DataError, TrainingDiverged
@@ -24,7 +24,8 @@ from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
-from pipelines.training.job import TrainJob, resolve_use_gpu
+from pipelines.training.devices import DevicePlan, plan_devices
+from pipelines.training.job import TrainJob
 from pipelines.training.loop import diverged_marker, train_loop_per_worker
 from pipelines.training.state import load_train_state
 
@@ -68,12 +69,24 @@ def check_fits(job: TrainJob, train: ArrayDataset) -> None:
             )
 
 
-def worker_setup(job: TrainJob, cluster_gpus: float) -> tuple[bool, dict[str, float], str]:
-    """Whether workers use GPUs, the resources each requests, and the DDP backend: NCCL with one
-    GPU per worker, gloo on CPU (the loop autocasts to bf16 when its device is CUDA)."""
-    use_gpu = resolve_use_gpu(job.use_gpu, cluster_gpus, job.num_workers)
-    resources = {"CPU": job.cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
-    return use_gpu, resources, "nccl" if use_gpu else "gloo"
+def worker_setup(
+    job: TrainJob, gpus_up: float, ceiling: dict[str, float] | None = None,
+) -> tuple[DevicePlan, dict[str, float], str]:
+    """Whether workers use GPUs (and why), the resources each requests, and the DDP backend: NCCL
+    with one GPU per worker, gloo on CPU (the loop autocasts to bf16 when its device is CUDA)."""
+    plan = plan_devices(job.use_gpu, job.num_workers, gpus_up, ceiling, key=f"{job.params_key}.use_gpu")
+    resources = {"CPU": job.cpus_per_worker, **({"GPU": 1.0} if plan.use_gpu else {})}
+    return plan, resources, "nccl" if plan.use_gpu else "gloo"
+
+
+def cluster_worker_setup(job: TrainJob) -> tuple[DevicePlan, dict[str, float], str]:
+    """:func:`worker_setup` on the connected cluster, with its line printed if ``job`` reports it."""
+    import ray
+
+    setup = worker_setup(job, ray.cluster_resources().get("GPU", 0.0), autoscaler_ceiling())
+    if job.report_devices:
+        print(setup[0].line(f"{job.params_key}.use_gpu", job.num_workers), file=sys.stderr, flush=True)
+    return setup
 
 
 def worker_demand(job: TrainJob, per_worker: dict[str, float]) -> Demand:
@@ -126,7 +139,7 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     from pipelines.training.rendezvous import NodeBoundTorchConfig
 
     check_fits(job, train)
-    use_gpu, per_worker, backend = worker_setup(job, ray.cluster_resources().get("GPU", 0))
+    plan, per_worker, backend = cluster_worker_setup(job)
     demand = worker_demand(job, per_worker)
     ensure_feasible(demand, job.resource_wait_s)
     arrays = {"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y}
@@ -139,7 +152,7 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
         train_loop_config={"job": job, "data": data},
         torch_config=NodeBoundTorchConfig(backend=backend),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=job.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=job.num_workers, use_gpu=plan.use_gpu, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
             name=job.run_name,

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipelines.config import OptimParams
-from pipelines.errors import ConfigError
 from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard
 
@@ -40,6 +39,8 @@ class TrainJob:
             at once when it does not fit).
         queue_wait_s: how long a worker group that fits waits for resources others hold (Ray
             Train's worker-group start timeout, on top of ``resource_wait_s``).
+        report_devices: print the one line saying CPU or GPU and why (a sweep says it once for
+            all its trials, and hands them the decided ``use_gpu``).
     """
 
     run_name: str
@@ -62,21 +63,9 @@ class TrainJob:
     resource_wait_s: float = 0.0
     queue_wait_s: float = LOCAL_QUEUE_WAIT_S
     precision: Literal["float32", "float64"] = "float32"
+    report_devices: bool = True
 
     @property
     def last_epoch(self) -> int:
         """The epoch this call trains up to."""
         return self.epochs if self.stop_after_epoch is None else min(self.epochs, self.stop_after_epoch)
-
-
-def resolve_use_gpu(setting: bool | str, cluster_gpus: float, num_workers: int, key: str = "train.use_gpu") -> bool:
-    """``auto`` uses GPUs when the cluster has one per worker; ``true`` insists on them.
-
-    Raises:
-        ConfigError: ``true`` on a cluster with fewer GPUs than workers.
-    """
-    if setting == "auto":
-        return cluster_gpus >= num_workers
-    if setting and cluster_gpus < num_workers:
-        raise ConfigError(f"{key} is true but the cluster has {cluster_gpus:g} GPU(s) for {num_workers} worker(s)")
-    return bool(setting)

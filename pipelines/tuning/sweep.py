@@ -30,14 +30,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pipelines import storage
-from pipelines.cluster.resources import alive_node_resources, ensure_feasible, placeable
+from pipelines.cluster.resources import alive_node_resources, autoscaler_ceiling, ensure_feasible, placeable
 from pipelines.data import ArrayDataset
 from pipelines.errors import MixpipeError
 from pipelines.mixing.spec import freeze
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob, run_training
-from pipelines.training.driver import worker_demand, worker_setup
+from pipelines.training.driver import cluster_worker_setup, worker_demand
 from pipelines.training.state import load_train_state
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
@@ -173,13 +173,16 @@ def _run_trial(config: dict[str, Any], template: TrainJob, sweep_path: str, trai
 
 
 def _concurrency(template: TrainJob, wanted: int) -> int:
-    """Trials at once: as many as asked, but no more worker groups than the cluster holds together
-    (a trial whose Train run cannot start would time out instead of queueing)."""
-    import ray
-
-    _, per_worker, _ = worker_setup(template, ray.cluster_resources().get("GPU", 0))
-    ensure_feasible(worker_demand(template, per_worker), template.resource_wait_s)
+    """Trials at once: as many as asked, but no more worker groups than the cluster holds together,
+    now or once its autoscaler has added what its node types offer (a trial whose Train run cannot
+    start would time out instead of queueing)."""
+    _, per_worker, _ = cluster_worker_setup(template)
+    demand = worker_demand(template, per_worker)
+    ensure_feasible(demand, template.resource_wait_s)
     groups = placeable(per_worker, alive_node_resources()) // template.num_workers
+    ceiling = autoscaler_ceiling()
+    if ceiling is not None:
+        groups = max(groups, min(int(ceiling.get(key, 0.0) // amount) for key, amount in demand.total.items() if amount > 0))
     return max(1, min(wanted, groups))
 
 
@@ -265,6 +268,8 @@ def run_sweep(
     """
     import ray.train
 
+    plan, _, _ = cluster_worker_setup(template)  # decided and said once, for every trial
+    template = replace(template, use_gpu=plan.use_gpu, report_devices=False)
     sweep_path = storage.join(template.storage_path, experiment_name)
     final: dict[str, RungResult] = {}
     active = list(points)

@@ -207,6 +207,44 @@ def test_an_infeasible_worker_group_fails_at_once_in_one_line(ray_local, splits,
     )
 
 
+def test_the_autoscalers_ceiling_is_read_from_the_gcs_and_a_waiting_demand_stands_in_rays_queue(ray_local, capsys):
+    """What an autoscaler publishes (its node types) decides ``use_gpu: auto`` on a cluster idling at
+    zero GPU nodes; a demand waited for without a ceiling is a pending placement group meanwhile."""
+    import ray
+    from ray._raylet import GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    from pipelines.cluster.resources import Demand, autoscaler_ceiling, pending_demand
+    from pipelines.training.driver import cluster_worker_setup
+
+    assert autoscaler_ceiling() is None  # a local instance: no autoscaler publishes node types
+    published = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name="head", resources={"CPU": 2}, min_count=1, max_count=1),
+        autoscaler_pb2.NodeGroupConfig(name="gpu-workers", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=4),
+    ])
+    key, namespace = GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, GCS_AUTOSCALER_STATE_NAMESPACE
+    _internal_kv_put(key, published.SerializeToString(), overwrite=True, namespace=namespace)
+    try:
+        assert autoscaler_ceiling() == {"CPU": 34.0, "GPU": 4.0}
+        plan, per_worker, backend = cluster_worker_setup(job("/tmp", "planned", num_workers=2))
+    finally:
+        _internal_kv_del(key, namespace=namespace)
+    assert (plan.use_gpu, per_worker, backend) == (True, {"CPU": 1.0, "GPU": 1.0}, "nccl")
+    assert capsys.readouterr().err == (
+        "mixpipe: train.use_gpu: 2 worker(s) on GPU: the cluster has 0 GPU(s) up; its autoscaler's node types "
+        "add up to 4, asked for 2\n"
+    )
+
+    def groups(state):
+        return [g["bundles"] for g in ray.util.placement_group_table().values() if g["state"] == state]
+
+    before = len(groups("REMOVED"))
+    with pending_demand(Demand("train.num_workers: 2 worker(s)", {"CPU": 1.0, "GPU": 1.0}, 2)):
+        assert groups("PENDING") == [{0: {"CPU": 1.0, "GPU": 1.0}, 1: {"CPU": 1.0, "GPU": 1.0}}]
+    assert groups("PENDING") == [] and len(groups("REMOVED")) == before + 1
+
+
 def test_a_worker_group_that_cannot_start_fails_with_the_reason(ray_local, splits, tmp_path, monkeypatch, capsys):
     """The request fits the cluster, but something else holds every CPU: Ray Train would retry the
     start forever; here it says once that it waits in Ray's queue, and fails after one start

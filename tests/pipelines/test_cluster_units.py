@@ -164,7 +164,7 @@ def test_an_infeasible_demand_fails_at_once_in_one_line():
     demand = Demand("train.num_workers: 64 worker(s)", {"CPU": 1.0}, 64)
     waits = []
     with pytest.raises(ClusterError) as caught:
-        ensure_feasible(demand, 0, nodes=lambda: [{"CPU": 2.0, "memory": 8e9}], sleep=waits.append)
+        ensure_feasible(demand, 0, nodes=lambda: [{"CPU": 2.0, "memory": 8e9}], ceiling=lambda: None, sleep=waits.append)
     assert str(caught.value) == (
         "train.num_workers: 64 worker(s) x {CPU: 1} = {CPU: 64} does not fit: the cluster has {CPU: 2} on 1 node(s), "
         "room for 2 (lower the request, or on an autoscaling cluster set ray.resource_wait_s)"
@@ -173,25 +173,60 @@ def test_an_infeasible_demand_fails_at_once_in_one_line():
     assert ensure_feasible(Demand("tune.num_workers: 1 worker(s)", {"CPU": 1.0}), nodes=lambda: [{"CPU": 2.0}]) == 2
 
 
-def test_a_growing_cluster_is_waited_for_once_with_the_demand_and_only_up_to_the_deadline(capsys):
+def test_a_growing_cluster_is_waited_for_once_with_the_demand_queued_and_only_up_to_the_deadline(capsys):
+    import contextlib
+
     from pipelines.cluster import Demand, ensure_feasible
 
     demand = Demand("train.num_workers: 2 worker(s)", {"CPU": 1.0, "GPU": 1.0}, 2)
     now = [0.0]
     sizes = iter([[{"CPU": 4.0}], [{"CPU": 4.0}], [{"CPU": 4.0}, {"CPU": 8.0, "GPU": 1.0}], [{"CPU": 4.0}, {"CPU": 8.0, "GPU": 2.0}]])
+    held = []
+
+    @contextlib.contextmanager
+    def hold(what):
+        # an autoscaler adds nodes for pending demand only: the demand stands in Ray's queue while polled
+        held.append(("queued", what))
+        yield
+        held.append(("removed", what))
 
     def sleep(seconds):
+        assert held == [("queued", demand)]
         now[0] += seconds
 
-    room = ensure_feasible(demand, 600, nodes=lambda: next(sizes), clock=lambda: now[0], sleep=sleep, poll_s=5)
-    assert room == 2 and now[0] == 15
+    waits = {"ceiling": lambda: None, "hold": hold, "clock": lambda: now[0], "sleep": sleep, "poll_s": 5}
+    room = ensure_feasible(demand, 600, nodes=lambda: next(sizes), **waits)
+    assert room == 2 and now[0] == 15 and held == [("queued", demand), ("removed", demand)]
     err = capsys.readouterr().err
     assert err.count("waiting up to 600s for the cluster to offer train.num_workers: 2 worker(s) x {CPU: 1, GPU: 1}") == 1
     never = iter(lambda: [{"CPU": 4.0}], None)
-    now[0] = 0.0
+    now[0], held[:] = 0.0, []
     with pytest.raises(ClusterError, match=r"does not fit after waiting 30s: the cluster has \{CPU: 4\} on 1 node\(s\), room for 0$"):
-        ensure_feasible(demand, 30, nodes=lambda: next(never), clock=lambda: now[0], sleep=sleep, poll_s=5)
-    assert now[0] == 30
+        ensure_feasible(demand, 30, nodes=lambda: next(never), **waits)
+    assert now[0] == 30 and held[-1] == ("removed", demand)
+
+
+def test_under_the_autoscalers_ceiling_a_demand_is_left_to_queue_and_above_it_fails_at_once(capsys):
+    from pipelines.cluster import Demand, ensure_feasible
+
+    demand = Demand("train.num_workers: 2 worker(s)", {"CPU": 1.0, "GPU": 1.0}, 2)
+    idle = [{"CPU": 4.0}]  # the head only: the GPU group idles at zero nodes
+
+    def never(*_):
+        raise AssertionError("no polling and no queued demand of our own: the worker group's own queues")
+
+    room = ensure_feasible(demand, 0, nodes=lambda: idle, ceiling=lambda: {"CPU": 36.0, "GPU": 4.0}, hold=never, sleep=never)
+    assert room == 0
+    assert capsys.readouterr().err == (
+        "mixpipe: train.num_workers: 2 worker(s) x {CPU: 1, GPU: 1} = {CPU: 2, GPU: 2} waits for the autoscaler to add "
+        "nodes: the cluster has {CPU: 4} on 1 node(s) (room for 0), its node types up to {CPU: 36, GPU: 4}\n"
+    )
+    with pytest.raises(ClusterError) as caught:
+        ensure_feasible(demand, 600, nodes=lambda: idle, ceiling=lambda: {"CPU": 36.0, "GPU": 1.0}, hold=never, sleep=never)
+    assert str(caught.value) == (
+        "train.num_workers: 2 worker(s) x {CPU: 1, GPU: 1} = {CPU: 2, GPU: 2} does not fit: the cluster has {CPU: 4} on "
+        "1 node(s), and its autoscaler's node types add up to at most {CPU: 36, GPU: 1}"
+    )
 
 
 def test_a_busy_cluster_is_announced_once_and_waited_for_by_the_queue_bound():

@@ -11,7 +11,7 @@ from pipelines.data import ArrayDataset
 from pipelines.errors import ConfigError, DataError
 from pipelines.models import ModelCard, build_model
 from pipelines.mixing import MixingSpec
-from pipelines.training import TrainJob, resolve_use_gpu
+from pipelines.training import TrainJob, plan_devices
 from pipelines.training.batching import mixing_seed, rank_batches, steps_per_epoch
 from pipelines.training.driver import check_fits, history_frame
 from pipelines.training.optim import build_optimizer, lr_at_epoch
@@ -85,11 +85,35 @@ def test_optimizer_state_survives_a_checkpoint_exactly(tmp_path, optimizer):
 
 
 @pytest.mark.parametrize(
-    ("setting", "gpus", "workers", "expected"),
-    [("auto", 0, 2, False), ("auto", 2, 2, True), ("auto", 1, 2, False), (False, 8, 2, False), (True, 4, 2, True)],
+    ("setting", "up", "ceiling", "expected"),
+    [
+        ("auto", 0, None, False), ("auto", 2, None, True), ("auto", 1, None, False), (False, 8, None, False),
+        (True, 4, None, True), (True, 0, None, True),  # true without a ceiling: asks, and waits resource_wait_s
+        # an autoscaling cluster idling at zero GPU nodes: its node types decide, not the nodes up
+        ("auto", 0, {"CPU": 64.0, "GPU": 4.0}, True), ("auto", 0, {"CPU": 64.0, "GPU": 1.0}, False),
+        ("auto", 0, {"CPU": 64.0}, False), (False, 0, {"GPU": 8.0}, False),
+    ],
 )
-def test_use_gpu_resolution(setting, gpus, workers, expected):
-    assert resolve_use_gpu(setting, gpus, workers) is expected
+def test_device_plan_counts_what_the_cluster_can_add(setting, up, ceiling, expected):
+    assert plan_devices(setting, 2, up, ceiling).use_gpu is expected
+
+
+def test_device_plan_says_which_and_why_in_one_line():
+    lines = {
+        "up": plan_devices("auto", 2, 2, None).line("train.use_gpu", 2),
+        "grows": plan_devices("auto", 2, 0, {"GPU": 4.0}).line("tune.use_gpu", 2),
+        "unknown": plan_devices("auto", 2, 0, None).line("train.use_gpu", 2),
+        "off": plan_devices(False, 2, 8, None).line("train.use_gpu", 2),
+    }
+    assert lines == {
+        "up": "mixpipe: train.use_gpu: 2 worker(s) on GPU: the cluster has 2 GPU(s) up",
+        "grows": "mixpipe: tune.use_gpu: 2 worker(s) on GPU: the cluster has 0 GPU(s) up; its autoscaler's node "
+                 "types add up to 4, asked for 2",
+        "unknown": "mixpipe: train.use_gpu: 2 worker(s) on CPU: the cluster has 0 GPU(s) up for 2 worker(s) and no "
+                   "autoscaler publishes node types with more (set train.use_gpu: true and ray.resource_wait_s to "
+                   "wait for GPU nodes)",
+        "off": "mixpipe: train.use_gpu: 2 worker(s) on CPU: train.use_gpu is false",
+    }
 
 
 @pytest.mark.parametrize(
@@ -106,12 +130,14 @@ def test_worker_setup_picks_resources_and_backend(setting, gpus, expected):
 
     job = TrainJob("r", ModelCard("mlp", (1, 2, 2), 2, 0), epochs=1, batch_size=4, optim=OptimParams(),
                    mixing=MixingSpec(), seed=0, storage_path="/tmp", num_workers=2, cpus_per_worker=1.5, use_gpu=setting)
-    assert worker_setup(job, gpus) == expected
+    plan, resources, backend = worker_setup(job, gpus)
+    assert (plan.use_gpu, resources, backend) == expected
 
 
-def test_use_gpu_true_without_gpus_names_the_key():
-    with pytest.raises(ConfigError, match="tune.use_gpu is true but the cluster has 1 GPU\\(s\\) for 2 worker"):
-        resolve_use_gpu(True, 1, 2, key="tune.use_gpu")
+def test_use_gpu_true_beyond_the_autoscalers_ceiling_names_the_key():
+    with pytest.raises(ConfigError, match=r"^tune.use_gpu is true but the cluster has 1 GPU\(s\) up and its autoscaler's "
+                                          r"node types add up to at most 1, for 2 worker\(s\)$"):
+        plan_devices(True, 2, 1, {"GPU": 1.0}, key="tune.use_gpu")
 
 
 def test_job_must_fit_one_global_batch():
