@@ -115,6 +115,7 @@ class TrainParams(Section):
     num_workers: PositiveInt = 2
     cpus_per_worker: PositiveFloat = 1.0
     use_gpu: UseGpu = "auto"
+    deterministic: bool = False  # deterministic kernels only (see pipelines.training.determinism)
     max_failures: Annotated[int, Field(ge=-1)] = 1
     optim: OptimParams = OptimParams()
 
@@ -130,6 +131,7 @@ class TuneParams(Section):
     num_workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     use_gpu: UseGpu = "auto"
+    deterministic: bool = False
     max_concurrent_trials: PositiveInt = 2
     grace_period: PositiveInt = 2
     reduction_factor: Annotated[int, Field(ge=2)] = 2

@@ -3,7 +3,7 @@
 Usage:
     python -m stages.train
 
-Reads ``seed``, ``train`` and ``mixing``. With ``mixing.source: online`` every batch is mixed in the
+Reads ``seed``, ``train``, ``mixing`` and ``evaluate.batch_size`` (rows per validation forward). With ``mixing.source: online`` every batch is mixed in the
 loop; with ``shards`` it trains on the augment stage's shards of ``mixing.method`` (checked against
 their manifest) and mixes nothing itself. Writes ``<base_model>/{model.safetensors,card.json}``,
 ``<results>/train_history.parquet`` (``train_history`` table) and DVCLive metrics under
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     card = ModelCard(p.train.model, train.input_shape, train.num_classes, seed=derive_seed(p.seed, "init"), task=train.task)
     score = get_task(train.task).score_column
     job = TrainJob(
-        run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, data_hash, code_version())}",
+        run_name=f"train-{fingerprint(p.seed, p.train, p.mixing, p.evaluate.batch_size, data_hash, code_version())}",
         card=card,
         epochs=p.train.epochs,
         batch_size=p.train.batch_size,
@@ -53,6 +53,8 @@ def main(argv: list[str]) -> None:
         cpus_per_worker=p.train.cpus_per_worker,
         use_gpu=p.train.use_gpu,
         max_failures=p.train.max_failures,
+        val_batch_size=p.evaluate.batch_size,
+        deterministic=p.train.deterministic,
     )
     with run_lock(job.storage_path, job.run_name, "train"), stage_ray(p) as connection:
         outcome = run_training(replace(job, **connection.waits(p.ray)), train, val)

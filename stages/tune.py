@@ -4,7 +4,7 @@ synchronous successive halving (deterministic for a given seed; a killed sweep r
 Usage:
     python -m stages.tune
 
-Reads ``seed``, ``tune`` and ``mixing`` (all but method, alpha and source); writes
+Reads ``seed``, ``tune``, ``mixing`` (all but method, alpha and source) and ``evaluate.batch_size``; writes
 ``<trials>/<trial>/{model.safetensors,card.json}`` for every trial (early-stopped ones included),
 ``<results>/trials.parquet`` (``trials`` table: validation scores with 95% intervals, and with
 ``tune.seeds`` > 1 each grid point's mean and std across its seeds), ``<results>/best_params.yaml``
@@ -43,11 +43,12 @@ def main(argv: list[str]) -> None:
     model_from_state(card, load_state_dict(p.paths.base_model))  # a damaged checkpoint fails here, not in every trial
     weights = storage.read_bytes(storage.join(p.paths.base_model, WEIGHTS))
     mixing = MixingSpec.from_params(p.mixing, method="none", alpha=1.0)  # each trial sets method, alpha, options
-    name = f"tune-{fingerprint(p.seed, t, mixing, storage.sha256_bytes(weights), code_version())}"
+    name = f"tune-{fingerprint(p.seed, t, mixing, p.evaluate.batch_size, storage.sha256_bytes(weights), code_version())}"
     template = TrainJob(
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
+        val_batch_size=p.evaluate.batch_size, deterministic=t.deterministic,
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods}, t.seeds)
     with run_lock(template.storage_path, name, "tune"), stage_ray(p) as connection:
@@ -67,7 +68,7 @@ def main(argv: list[str]) -> None:
         save_checkpoint(directory, o.weights, replace(card, info=info))
         # the intervals come from the checkpoint's outputs on the whole split (the loop's own
         # numbers, which rank the trials, are sums over ranks and carry none)
-        bounds = score_state(card, o.weights, val.x, val.y, interval_seed=interval_seed)
+        bounds = score_state(card, o.weights, val.x, val.y, p.evaluate.batch_size, interval_seed=interval_seed)
         rows.append({"trial": o.point.name, "method": o.point.method, "alpha": o.point.alpha,
                      "seed_index": o.point.seed_index, "epochs_run": o.epochs_run, "stopped_early": o.epochs_run < t.epochs,
                      "val_loss": o.val_loss, "val_loss_lo": bounds[f"{task.loss}_lo"], "val_loss_hi": bounds[f"{task.loss}_hi"],

@@ -111,8 +111,13 @@ def interpolate(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> to
     """``lam * x + (1 - lam) * partner`` per sample, written over ``partner`` (which the caller owns).
 
     One fused ``lerp`` pass instead of four elementwise ones; ``lerp`` is exact at ``lam`` 1 and 0,
-    so an unmixed sample keeps its input bit for bit.
+    so an unmixed sample keeps its input bit for bit. Narrower than float32 (a hidden layer's bf16
+    output under autocast), the mix is taken in float32 and rounded once: a bf16 λ would be off by
+    up to 2⁻⁹ from the float32 λ that weighs the labels in the loss.
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        mixed = partner.float().lerp_(x.float(), broadcast_per_sample(lam.float(), x))
+        return partner.copy_(mixed)
     return partner.lerp_(x, broadcast_per_sample(lam.to(x.dtype), x))
 
 

@@ -41,6 +41,8 @@ class TrainJob:
             Train's worker-group start timeout, on top of ``resource_wait_s``).
         report_devices: print the one line saying CPU or GPU and why (a sweep says it once for
             all its trials, and hands them the decided ``use_gpu``).
+        val_batch_size: rows per forward of the per-epoch validation (``evaluate.batch_size``).
+        deterministic: deterministic kernels only (:mod:`pipelines.training.determinism`).
     """
 
     run_name: str
@@ -64,6 +66,8 @@ class TrainJob:
     queue_wait_s: float = LOCAL_QUEUE_WAIT_S
     precision: Literal["float32", "float64"] = "float32"
     report_devices: bool = True
+    val_batch_size: int = 512
+    deterministic: bool = False
 
     @property
     def last_epoch(self) -> int:

@@ -23,6 +23,7 @@ from pipelines.seeding import torch_generator
 from pipelines.tasks import CLASSIFICATION, Task, get_task
 from pipelines.data import contiguous_share
 from pipelines.training.batching import mixing_seed, rank_batches
+from pipelines.training.determinism import use_deterministic_kernels
 from pipelines.training.job import TrainJob
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, load_train_state, save_train_state
@@ -50,12 +51,25 @@ def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, task: Task = CLASSIFICATION) -> list[float]:
+def validate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, task: Task = CLASSIFICATION,
+    batch_size: int = 512,
+) -> list[float]:
     """The task's validation sums (:meth:`Task.validation_sums`) over this rank's share of the
-    validation set; summed across ranks, :meth:`Task.summarise` makes them (val_loss, val_score)."""
+    validation set, ``batch_size`` rows per forward; summed across ranks, :meth:`Task.summarise`
+    makes them (val_loss, val_score).
+
+    In the model's own precision, without autocast: the numbers that prune trials and pick the
+    best one are the numbers the evaluate stage would report.
+    """
     model.eval()
     share = contiguous_share(len(x), world, rank)
-    return task.validation_sums(model(x[share]), y[share])
+    xs, ys = x[share], y[share]
+    totals: list[float] = []
+    for start in range(0, len(xs), batch_size):
+        sums = task.validation_sums(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+        totals = [a + b for a, b in zip(totals, sums, strict=True)] if totals else sums
+    return totals or task.validation_sums(model(xs), ys)  # an empty share still yields the sums' shape
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,17 @@ class StepMixing:
         )
 
 
+def to_device(values: np.ndarray, device: torch.device, precision: str = "float32") -> torch.Tensor:
+    """An array on ``device``, floating point in ``precision``: for CUDA, staged through pinned
+    host memory and copied without blocking the host (the copy overlaps the model's build)."""
+    host = torch.from_numpy(np.ascontiguousarray(values)) if values.flags.writeable else torch.tensor(values)
+    if host.is_floating_point():
+        host = host.to(getattr(torch, precision))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def diverged_marker(job: TrainJob) -> str:
     """Where rank 0 leaves the record of the epoch whose loss stopped being finite (Ray Train's
     result only carries the metrics of a run's last checkpoint)."""
@@ -169,17 +194,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = get_device()
 
-    precision = getattr(torch, job.precision)
+    use_deterministic_kernels(job.deterministic)
 
     def tensor(values: np.ndarray) -> torch.Tensor:
-        floating = np.issubdtype(values.dtype, np.floating)
-        return torch.tensor(values, dtype=precision if floating else None, device=device)
+        return to_device(values, device, job.precision)
 
     x_train, y_train, x_val, y_val = (tensor(arrays[k]) for k in ("x_train", "y_train", "x_val", "y_val"))
 
     card = job.card
     task = get_task(card.task)
-    model = build_model(card.model, card.input_shape, card.num_classes, card.seed).to(precision)
+    model = build_model(card.model, card.input_shape, card.num_classes, card.seed).to(getattr(torch, job.precision))
     if job.init_weights is not None:
         model.load_state_dict(load_safetensors(job.init_weights))
     attempt = start_attempt(job) if rank == 0 else -1  # only rank 0 records history and runs the drill
@@ -205,7 +229,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)
         loss_sum, seen = train_epoch(model, optimizer, mixing, x_train, y_train, job, rank, world, epoch, use_amp)
-        val_sums = validate(model, x_val, y_val, rank, world, task)
+        val_sums = validate(model, x_val, y_val, rank, world, task, job.val_batch_size)
         totals = _sum_across_ranks([loss_sum, seen, *val_sums], device)
         val_loss, val_score = task.summarise(totals[2:])
         seconds = time.perf_counter() - started

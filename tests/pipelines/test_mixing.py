@@ -519,3 +519,24 @@ def test_mse_loss_is_against_the_interpolated_target_and_checks_the_task():
         check_loss_task(get_loss("soft_ce"), "soft_ce", "regression")
     with pytest.raises(ConfigError, match="label_smoothing must be 0 for regression"):
         check_loss_task(get_loss("mse"), "mse", "regression", smoothing=0.1)
+
+
+def test_a_bf16_hidden_mix_uses_the_float32_lambda_and_rounds_once():
+    """Under autocast a hidden layer's output is bf16. Mixed with a bf16 λ, an activation is off
+    from the exact ``λh + (1-λ)h'`` by λ's own rounding (up to 2^-9 |h - h'|, λ in [0, 1]) plus the
+    output's; taken in float32 and rounded once, it is off by the output's rounding (half a bf16
+    ulp: 2^-8 relative, 8 significant bits) plus float32 lerp's error (a few float32 ulps of
+    |h| + |h'|; 2^-21 of it is ample)."""
+    from pipelines.mixing.base import broadcast_per_sample, interpolate
+
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(64, 32, generator=generator).bfloat16()
+    partner = torch.randn(64, 32, generator=generator).bfloat16()
+    lam = torch.rand(64, generator=generator)
+    exact = torch.lerp(partner.double(), h.double(), broadcast_per_sample(lam.double(), h))
+    mixed = interpolate(h, partner.clone(), lam)
+    assert mixed.dtype == torch.bfloat16
+    bound = exact.abs() * 2.0**-8 + (h.double().abs() + partner.double().abs()) * 2.0**-21
+    assert bool(((mixed.double() - exact).abs() <= bound).all())
+    rounded_lam = partner.clone().lerp_(h, broadcast_per_sample(lam.bfloat16(), h))
+    assert int(((rounded_lam.double() - exact).abs() > bound).sum()) > 100  # of 2048

@@ -224,3 +224,60 @@ def test_rankmixup_runs_one_forward_and_keeps_the_clean_half_clean(layers):
     clean_logits = model(x)
     expected = F.cross_entropy(clean_logits, y) + 0.7 * mixup_ranking_loss(mixed_logits, clean_logits, 0.05)
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+
+
+def test_validation_in_batches_sums_to_the_one_pass_numbers():
+    """Batches only regroup the sums: in float64, the loss sum of 7-row batches and of one pass
+    differ by summation order alone (each of ~300 terms below 20 in size, float64 eps 1.1e-16:
+    a bound of 300 * 20 * 1.1e-16 < 1e-12 on the sum), and the count of correct rows is exact."""
+    from pipelines.tasks import CLASSIFICATION
+    from pipelines.training.loop import validate
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(301, 1, 8, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 10, (301,), generator=generator)
+    model = build_model("cnn", (1, 8, 8), 10, seed=3).double()
+    for rank in range(2):
+        batched = validate(model, x, y, rank, 2, CLASSIFICATION, batch_size=7)
+        whole = validate(model, x, y, rank, 2, CLASSIFICATION, batch_size=10_000)
+        assert batched[1:] == whole[1:] and whole[2] == (151 if rank == 0 else 150)
+        assert batched[0] == pytest.approx(whole[0], rel=0, abs=1e-12)
+
+
+def test_arrays_reach_the_device_in_the_runs_precision_and_are_never_written_back():
+    import numpy as np
+
+    from pipelines.training.loop import to_device
+
+    frozen = np.arange(6, dtype=np.float64).reshape(3, 2)
+    frozen.flags.writeable = False  # as they come from Ray's object store
+    tensor = to_device(frozen, torch.device("cpu"), "float32")
+    assert tensor.dtype == torch.float32 and tensor.tolist() == frozen.tolist()
+    labels = to_device(np.array([3, 1], dtype=np.int64), torch.device("cpu"), "float64")
+    assert labels.dtype == torch.int64  # labels keep their integer type
+    assert to_device(frozen, torch.device("cpu"), "float64").dtype == torch.float64
+
+
+def test_the_deterministic_switch_sets_pytorchs_flags_and_the_cublas_workspace(monkeypatch):
+    from pipelines.training.determinism import CUBLAS_WORKSPACE, use_deterministic_kernels
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        use_deterministic_kernels(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+        # every mixer and loss runs under it here (CPU); on CUDA benchmarks/gpu_check.py does the same
+        from pipelines.mixing import MIXERS
+
+        x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        labels = torch.arange(8) % 4
+        for name in MIXERS.names():
+            mixer = MixingSpec(name, alpha=1.0).build()
+            if not mixer.mixes_hidden and getattr(mixer, "task", "classification") == "classification":
+                mixer(x.clone(), labels, generator=torch.Generator().manual_seed(2))
+    finally:
+        use_deterministic_kernels(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
