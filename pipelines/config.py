@@ -198,6 +198,10 @@ class RayParams(Section):
     hold always fails at once. ``queue_wait_s`` is how long, on a cluster, a worker group that fits
     waits in Ray's queue while other jobs hold what it needs (queued experiments side by side); a
     local instance waits 60 s, since nothing but the stage itself competes there.
+
+    ``runtime_env``: null, the cluster's nodes have mixpipe's dependencies (the node image); ``pip``
+    or ``uv``, jobs and joining drivers install the pinned ones at start, for a stock Ray image
+    (:mod:`pipelines.cluster.runtime_env`).
     """
 
     address: str | None = None
@@ -206,6 +210,7 @@ class RayParams(Section):
     resource_wait_s: Annotated[float, Field(ge=0)] = 0.0
     queue_wait_s: PositiveFloat = 86400.0
     forward_env: list[str] = []
+    runtime_env: Literal["pip", "uv"] | None = None
 
     @field_validator("forward_env")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipelines import storage
 from pipelines.cluster import RayConnection, ray_session
 from pipelines.cluster.job_mode import JobRequest, check_store, require_store, run_stage_as_job
+from pipelines.cluster.runtime_env import packages_env
 from pipelines.cluster.session import jobs_address
 from pipelines.cluster.stage_io import find_stage
 from pipelines.config import Params
@@ -103,7 +104,8 @@ def _run_as_job(stage: str, argv: list[str], uses_ray: bool | Callable[[Params],
     values = p.model_dump(mode="json")
     io = find_stage(DVC_FILE, values, ["python", "-m", f"stages.{stage}", *argv], os.environ.get(DVC_STAGE_ENV))
     request = JobRequest(io, values, code_version(), require_store(p.storage.shared_uri, redact(address)),
-                         tuple(p.ray.forward_env), connect_timeout_s=p.ray.connect_timeout_s)
+                         tuple(p.ray.forward_env), connect_timeout_s=p.ray.connect_timeout_s,
+                         packages=packages_env(p.ray.runtime_env, Path(code_dir())))
     run_stage_as_job(request, address)
     return True
 
@@ -168,7 +170,8 @@ def code_dir() -> str:
 def stage_ray(params: Params) -> contextlib.AbstractContextManager[RayConnection]:
     """The stage's Ray session, as ``ray:`` in params asks (this checkout's code for a cluster's workers)."""
     ray = params.ray
-    return ray_session(ray.address, ray.num_cpus, working_dir=code_dir(), connect_timeout_s=ray.connect_timeout_s)
+    return ray_session(ray.address, ray.num_cpus, working_dir=code_dir(), connect_timeout_s=ray.connect_timeout_s,
+                       packages=packages_env(ray.runtime_env, Path(code_dir())))
 
 
 def target_scale(prepared_dir: str, task: str) -> float:

@@ -27,7 +27,8 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -54,6 +55,8 @@ class JobRequest:
         forward_env: variables whose values the job gets (``ray.forward_env``).
         num_gpus: GPUs the job's driver needs.
         connect_timeout_s: how long the dashboard may take to answer.
+        packages: a runtime env's ``pip``/``uv`` entry (``ray.runtime_env``); empty when the nodes
+            have the dependencies.
     """
 
     io: StageIO
@@ -63,6 +66,7 @@ class JobRequest:
     forward_env: tuple[str, ...] = ()
     num_gpus: float = 0
     connect_timeout_s: float = 30.0
+    packages: Mapping[str, Any] = field(default_factory=dict)
 
     def fingerprint(self, inputs_digest: str) -> str:
         defining = {"stage": self.io.name, "inputs": inputs_digest, "params": params_subset(self.values, self.io.params),
@@ -177,7 +181,7 @@ def run_stage_as_job(request: JobRequest, address: str, root: Path | None = None
         entrypoint = shlex.join(["python", "-m", "pipelines.cluster.remote_stage", spec.to_json()])
         if decision.previous:
             print(f"{stage}: job {decision.previous} {decision.previous_status}; submitting {job_id}", file=stream)
-        jobs.submit(client, job_id, entrypoint, str(root), env_vars, metadata, request.num_gpus)
+        jobs.submit(client, job_id, entrypoint, str(root), env_vars, metadata, request.num_gpus, packages=request.packages)
         print(f"{stage}: submitted job {job_id} to {address} (inputs: {sent.files} file(s), {sent.bytes} bytes "
               f"uploaded, {sent.skipped} already in the store)", file=stream, flush=True)
     elif decision.action == "attach":

@@ -164,13 +164,15 @@ def submit(
     metadata: Mapping[str, str] | None = None,
     num_gpus: float = 0,
     entrypoint_resources: Mapping[str, float] | None = None,
+    packages: Mapping[str, Any] | None = None,
 ) -> str:
-    """Submit ``entrypoint`` with ``working_dir`` as its code; return its id.
+    """Submit ``entrypoint`` with ``working_dir`` as its code (and ``packages``, a runtime env's
+    ``pip``/``uv`` entry, installed at its start); return its id.
 
     Raises:
         ClusterError: the cluster refused the submission.
     """
-    runtime_env: dict[str, Any] = {"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES}
+    runtime_env: dict[str, Any] = {"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES, **(packages or {})}
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
     try:
@@ -226,6 +228,7 @@ def submit_job(
     num_gpus: float = 0,
     entrypoint_resources: Mapping[str, float] | None = None,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    packages: Mapping[str, Any] | None = None,
 ) -> JobOutcome:
     """Run ``entrypoint`` as a Ray job (``mixpipe submit``) and optionally follow its logs.
 
@@ -252,7 +255,7 @@ def submit_job(
             print(f"mixpipe submit: {decision.previous} {decision.previous_status}; submitting {decision.job_id}",
                   file=sys.stderr)
         submitted = submit(client, decision.job_id or None, entrypoint, working_dir, env_vars, metadata, num_gpus,
-                           entrypoint_resources)
+                           entrypoint_resources, packages)
     else:
         submitted = decision.job_id
     if not wait:

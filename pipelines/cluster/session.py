@@ -26,7 +26,7 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,11 +296,13 @@ def ray_session(
     working_dir: str | None = None,
     temp_dir: str | None = None,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    packages: Mapping[str, Any] | None = None,
 ) -> Iterator[RayConnection]:
     """Connect for the duration of a block, and disconnect (stopping a local instance) after it.
 
     When joining a cluster, ``working_dir`` ships this checkout's code to every worker, so remote
-    nodes import exactly the code the driver runs. Inside the block ``RAY_ADDRESS`` names the
+    nodes import exactly the code the driver runs, and ``packages`` (a runtime env's ``pip``/``uv``
+    entry) installs the pinned dependencies on them; a local instance uses this environment. Inside the block ``RAY_ADDRESS`` names the
     instance, here and in every worker of the job, so Ray's address-less helpers find it among several.
     """
     address_to_join = resolve_address(address)
@@ -316,6 +318,7 @@ def ray_session(
         runtime_env = {}
         if working_dir:
             runtime_env.update(working_dir=working_dir, excludes=WORKING_DIR_EXCLUDES)
+        runtime_env.update(packages or {})
         env_vars = worker_env()
         if address_to_join != "auto":  # the workers' own helpers must find this cluster among others too
             env_vars[ADDRESS_ENV] = address_to_join

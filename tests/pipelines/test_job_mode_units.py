@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -305,3 +306,58 @@ def test_follow_returns_the_final_status():
 
 async def _collect(generator):
     return [item async for item in generator]
+
+
+# --- the no-image route: ray.runtime_env ------------------------------------------------------
+
+
+def test_the_runtime_env_pins_every_direct_dependency_but_ray_at_its_constraints_version():
+    import tomllib
+
+    from ray.runtime_env import RuntimeEnv
+
+    from pipelines.cluster.runtime_env import canonical, constraint_pins, packages_env
+
+    root = Path(__file__).resolve().parents[2]
+    pins = constraint_pins((root / "requirements/constraints.txt").read_text())
+    pip = packages_env("pip", root)
+    listed = dict(p.split("==") for p in pip["pip"]["packages"])
+    direct = {canonical(d.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip())
+              for d in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert set(listed) == direct - {"ray"} and all(listed[name] == pins[name] for name in listed)
+    assert listed["torch"] == "2.13.0"  # this machine's +cpu tag dropped: PyPI's default build on the nodes
+    assert pip["pip"]["pip_check"] is False
+    assert packages_env("uv", root) == {"uv": {"packages": pip["pip"]["packages"]}}
+    assert packages_env(None, root) == {}
+    for entry in (pip, packages_env("uv", root)):
+        RuntimeEnv(working_dir=str(root), **entry)  # Ray's own validation of the fields
+
+
+def test_a_dependency_without_a_pin_is_named(tmp_path):
+    from pipelines.cluster.runtime_env import packages_env
+
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "pyproject.toml").write_text('[project]\ndependencies = ["ray[train]==2.60.0", "numpy>=2", "Py_YAML>=6"]\n')
+    (tmp_path / "requirements/constraints.txt").write_text("# pins\nnumpy==2.4.6\nray==2.60.0\n")
+    with pytest.raises(ConfigError, match=r"requirements/constraints.txt pins no version of py-yaml, a dependency in pyproject.toml"):
+        packages_env("pip", tmp_path)
+    (tmp_path / "requirements/constraints.txt").write_text("numpy==2.4.6\npy-yaml==6.0.3\n")
+    assert packages_env("uv", tmp_path) == {"uv": {"packages": ["numpy==2.4.6", "py-yaml==6.0.3"]}}
+    (tmp_path / "requirements/constraints.txt").write_text("numpy>=2\n")
+    with pytest.raises(ConfigError, match=r"'numpy>=2' is not a name==version pin"):
+        packages_env("pip", tmp_path)
+
+
+def test_a_job_carries_the_packages_and_params_refuse_another_installer(monkeypatch, tmp_path, memory_store):
+    from pipelines.config import RayParams
+
+    workspace = tmp_path / "ws"
+    write_tree(workspace, {"in.txt": b"x"})
+    fake = FakeJobs(tmp_path)
+    request = replace(request_for(tmp_path, {"copy": {"upper": True}}), packages={"uv": {"packages": ["numpy==2.4.6"]}})
+    client_run(monkeypatch, fake, workspace, request)
+    runtime_env = fake.submitted[0]["runtime_env"]
+    assert runtime_env["uv"] == {"packages": ["numpy==2.4.6"]} and runtime_env["working_dir"] == str(workspace)
+    assert RayParams(runtime_env="pip").runtime_env == "pip" and RayParams().runtime_env is None
+    with pytest.raises(ValueError, match="runtime_env"):
+        RayParams(runtime_env="conda")
