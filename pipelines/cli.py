@@ -5,6 +5,7 @@
     mixpipe compare [REV ...] [--table evaluation] [--metric accuracy]
     mixpipe plots [-o DIR] [TARGET ...]
     mixpipe stage NAME [ARGS...]
+    mixpipe rayjob STAGE [--cluster NAME] [--ttl SECONDS] [-o FILE]
 
 Errors the user can fix print one line and exit 2; a failed job exits 1.
 """
@@ -96,6 +97,31 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rayjob(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipelines.cluster.rayjob import TEMPLATE, rayjob_manifest
+    from pipelines.cluster.stage_io import find_stage
+    from stages.common import DVC_FILE, CODE_ROOT, job_request, params
+
+    if args.ttl is not None and args.ttl < 0:
+        raise MixpipeError(f"rayjob: --ttl {args.ttl}: seconds after the job ends, 0 or more")
+    p = params()
+    io = find_stage(DVC_FILE, p.model_dump(mode="json"), [], args.stage)
+    root = Path.cwd()
+    template = yaml.safe_load((CODE_ROOT / TEMPLATE).read_text())
+    document = rayjob_manifest(job_request(p, io, "a RayJob"), root, template, args.cluster, args.ttl)
+    text = yaml.safe_dump(document, sort_keys=False, width=1000)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+    where = "stdout" if args.out == "-" else args.out
+    print(f"mixpipe rayjob: {document['metadata']['name']} (job id {document['spec']['jobId']}) to {where}; "
+          f"inputs and code are in {p.storage.shared_uri}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixpipe", description=__doc__.split("\n\n")[0], epilog=MODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name", help="validate, prepare, augment, train, tune, merge, evaluate or report")
     stage.add_argument("args", nargs=argparse.REMAINDER, help="the stage's own arguments (augment: the method)")
     stage.set_defaults(run=_stage)
+
+    rayjob = commands.add_parser(
+        "rayjob", help="a stage as a KubeRay RayJob manifest, its inputs staged",
+        description="Stage one stage's inputs and this checkout's code in storage.shared_uri, as job mode does, and "
+                    "write a RayJob (cluster/kuberay/rayjob.yaml filled in) that runs it on a running RayCluster. Its "
+                    "job id is job mode's, so `RAY_ADDRESS=http://<head>:8265 dvc repro` afterwards takes the outputs.")
+    rayjob.add_argument("stage", help="the stage's name in dvc.yaml: train, tune, merge, augment@mixup, ...")
+    rayjob.add_argument("--cluster", help="the RayCluster to run on (default: the template's, mixpipe)")
+    rayjob.add_argument("--ttl", type=int, help="seconds the RayJob object stays after the job ends (default 3600)")
+    rayjob.add_argument("-o", "--out", default="-", help="file to write the manifest to (default: stdout)")
+    rayjob.set_defaults(run=_rayjob)
     return parser
 
 

@@ -17,7 +17,7 @@ from pipelines.cluster import RayConnection, ray_session
 from pipelines.cluster.job_mode import JobRequest, check_store, require_store, run_stage_as_job
 from pipelines.cluster.runtime_env import packages_env
 from pipelines.cluster.session import jobs_address
-from pipelines.cluster.stage_io import find_stage
+from pipelines.cluster.stage_io import StageIO, find_stage
 from pipelines.config import Params
 from pipelines.console import configure_console
 from pipelines.errors import MixpipeError
@@ -101,13 +101,17 @@ def _run_as_job(stage: str, argv: list[str], uses_ray: bool | Callable[[Params],
     address = jobs_address(p.ray.address)
     if address is None or (callable(uses_ray) and not uses_ray(p)):
         return False
-    values = p.model_dump(mode="json")
-    io = find_stage(DVC_FILE, values, ["python", "-m", f"stages.{stage}", *argv], os.environ.get(DVC_STAGE_ENV))
-    request = JobRequest(io, values, code_version(), require_store(p.storage.shared_uri, redact(address)),
-                         tuple(p.ray.forward_env), connect_timeout_s=p.ray.connect_timeout_s,
-                         packages=packages_env(p.ray.runtime_env, Path(code_dir())))
-    run_stage_as_job(request, address)
+    io = find_stage(DVC_FILE, p.model_dump(mode="json"), ["python", "-m", f"stages.{stage}", *argv],
+                    os.environ.get(DVC_STAGE_ENV))
+    run_stage_as_job(job_request(p, io, f"ray.address / RAY_ADDRESS {redact(address)}"), address)
     return True
+
+
+def job_request(p: Params, io: StageIO, via: str) -> JobRequest:
+    """The stage ``io`` as a Ray job (job mode's, or a RayJob's: ``via`` says which, for messages)."""
+    return JobRequest(io, p.model_dump(mode="json"), code_version(), require_store(p.storage.shared_uri, via),
+                      tuple(p.ray.forward_env), connect_timeout_s=p.ray.connect_timeout_s,
+                      packages=packages_env(p.ray.runtime_env, Path(code_dir())))
 
 
 def redact_log_records() -> None:

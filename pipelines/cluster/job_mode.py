@@ -87,7 +87,7 @@ class JobReport:
 
 def require_store(store: str | None, address: str) -> str:
     if not store:
-        raise ConfigError(f"storage.shared_uri: job mode (ray.address / RAY_ADDRESS {address}) needs a store every "
+        raise ConfigError(f"storage.shared_uri: job mode ({address}) needs a store every "
                           "node and this machine reach, e.g. s3://bucket/mixpipe")
     if storage.is_local(store):
         raise ConfigError(f"storage.shared_uri {store}: job mode needs an object store (s3://, gs://) that this "

@@ -129,3 +129,39 @@ def test_dockerfile_installs_only_pinned_versions():
     assert '"torch==${TORCH_VERSION}"' in torch_install and "--index-url" in torch_install
     assert "-c /tmp/constraints.txt ." in project_install  # every other package at its constrained version
     assert "grep -v '^torch==' requirements/constraints.txt > /tmp/constraints.txt" in text
+
+
+def kuberay_rayjob_rules(manifest: dict) -> None:
+    """What KubeRay's admission checks (``ValidateRayJobMetadata``/``ValidateRayJobSpec``) refuse,
+    for a RayJob on an existing cluster; the CRD schema does not say these."""
+    name, spec = manifest["metadata"]["name"], manifest["spec"]
+    assert len(name) <= 47 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name  # DNS-1035, cluster name room
+    assert spec["clusterSelector"].get("ray.io/cluster"), "a selector without the cluster's name"
+    assert spec.get("submissionMode", "K8sJobMode") != "SidecarMode"  # refused with clusterSelector
+    assert not spec.get("suspend")  # refused with clusterSelector
+    if spec.get("ttlSecondsAfterFinished", 0) > 0:
+        assert spec.get("shutdownAfterJobFinishes") is True  # a TTL without shutdown is refused
+    assert spec.get("backoffLimit", 0) >= 0
+    yaml.safe_load(spec.get("runtimeEnvYAML", "") or "{}")  # KubeRay parses it as YAML
+
+
+@needs_schemas
+def test_rayjob_template_validates_strictly_and_meets_kuberays_rules():
+    import jsonschema
+
+    manifest = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayJob")
+    _validate(manifest, "RayJob")
+    typo = copy.deepcopy(manifest)
+    typo["spec"]["ttlSecondAfterFinished"] = 60
+    with pytest.raises(jsonschema.ValidationError, match="ttlSecondAfterFinished"):
+        _validate(typo, "RayJob")
+
+
+def test_rayjob_runs_on_the_raycluster_of_raycluster_yaml_and_is_removed_after_an_hour():
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    kuberay_rayjob_rules(job)
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600 and job["spec"]["submissionMode"] == "HTTPMode"
+    assert "rayClusterSpec" not in job["spec"]  # an existing cluster: the RayJob never creates or deletes one

@@ -361,3 +361,68 @@ def test_a_job_carries_the_packages_and_params_refuse_another_installer(monkeypa
     assert RayParams(runtime_env="pip").runtime_env == "pip" and RayParams().runtime_env is None
     with pytest.raises(ValueError, match="runtime_env"):
         RayParams(runtime_env="conda")
+
+
+# --- a stage as a KubeRay RayJob -------------------------------------------------------------
+
+
+def test_a_rayjob_runs_the_stage_job_mode_would_and_job_mode_then_takes_its_outputs(monkeypatch, tmp_path, memory_store):
+    """``mixpipe rayjob``'s manifest, run as the operator would (its entrypoint in the unpacked code
+    zip), publishes the outputs under job mode's own job id: running the stage in job mode
+    afterwards submits nothing and takes them."""
+    import subprocess
+    import zipfile
+
+    import yaml
+
+    from pipelines.cluster.rayjob import TEMPLATE, code_files, rayjob_manifest
+    from tests.pipelines.test_cluster_definitions import kuberay_rayjob_rules
+
+    repo = Path(__file__).resolve().parents[2]
+    workspace = tmp_path / "ws"
+    write_tree(workspace, {"in.txt": b"mixed samples", "params.yaml": b"copy: {upper: true}\n", "tool.py": b"# code\n",
+                           ".gitignore": b"/in.txt\n/data/\n", "data/big.bin": b"0" * 64, "notes/new.py": b"# untracked\n"})
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    subprocess.run(["git", "-C", str(workspace), "add", "params.yaml", "tool.py", ".gitignore"], check=True)
+    # tracked and untracked-but-not-ignored files are code; ignored ones (data, DVC outputs) are not
+    assert code_files(workspace) == [".gitignore", "notes/new.py", "params.yaml", "tool.py"]
+
+    request = replace(request_for(tmp_path, {"copy": {"upper": True}}), packages={"pip": {"packages": ["numpy==2.4.6"]}})
+    template = yaml.safe_load((repo / TEMPLATE).read_text())
+    manifest = rayjob_manifest(request, workspace, template, cluster="lab", ttl_s=600)
+    again = rayjob_manifest(request, workspace, template, cluster="lab", ttl_s=600)
+    assert manifest == again  # same inputs, params, code and store: the same job, the same code zip
+    kuberay_rayjob_rules(manifest)
+    spec = manifest["spec"]
+    assert spec["clusterSelector"] == {"ray.io/cluster": "lab"} and spec["ttlSecondsAfterFinished"] == 600
+    assert manifest["metadata"]["name"] == spec["jobId"] and spec["jobId"].startswith("mixpipe-copy-")
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["pip"] == {"packages": ["numpy==2.4.6"]} and runtime_env["working_dir"].endswith(".zip")
+    assert spec["metadata"]["mixpipe_stage"] == "copy"
+
+    # the operator's part: Ray unpacks the zip (one top-level folder) and runs the entrypoint there
+    fs = fsspec.filesystem("memory")
+    with zipfile.ZipFile(io.BytesIO(fs.cat(runtime_env["working_dir"].removeprefix("memory://")))) as archive:
+        names = archive.namelist()
+        assert {name.split("/", 1)[0] for name in names} == {"mixpipe"} and "mixpipe/data/big.bin" not in names
+        archive.extractall(tmp_path / "unpacked")
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["python", "-m", "pipelines.cluster.remote_stage"]
+    remote = RemoteStage.from_json(argv[3])
+    assert remote.job_id == spec["jobId"]
+    (tmp_path / "job").mkdir()
+    assert run_remote(remote, tmp_path / "unpacked" / "mixpipe", tmp_path / "job") == 0
+
+    fake = FakeJobs(tmp_path, existing={spec["jobId"]: "SUCCEEDED"})  # the Ray job the operator submitted
+    report, _ = client_run(monkeypatch, fake, workspace, request)
+    assert (report.action, report.job_id) == ("take", spec["jobId"]) and fake.submitted == []
+    assert (workspace / "out/o.txt").read_text() == "MIXED SAMPLES"
+
+
+def test_rayjob_names_are_dns_labels_that_keep_the_ids_hash():
+    from pipelines.cluster.rayjob import rayjob_name
+
+    assert rayjob_name("mixpipe-augment-manifold_mixup-0123456789abcdef") == "mixpipe-augment-manifold-mixup-0123456789abcdef"
+    long = rayjob_name("mixpipe-augment-a_very_long_mixing_method_name-0123456789abcdef")
+    assert len(long) <= 47 and long.endswith("-0123456789abcdef") and long.startswith("mixpipe-augment-a-very")
+    assert rayjob_name("mixpipe-train-0123456789abcdef") == "mixpipe-train-0123456789abcdef"
