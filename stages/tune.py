@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
-        val_batch_size=p.evaluate.batch_size, deterministic=t.deterministic,
+        val_batch_size=p.evaluate.batch_size, deterministic=t.deterministic, params_key="tune",
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods}, t.seeds)
     with run_lock(template.storage_path, name, "tune"), stage_ray(p) as connection:

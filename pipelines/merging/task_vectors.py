@@ -107,13 +107,14 @@ def merge_task_vectors(
             _sparsified(name, i, s[name].double() - reference.double(), sparsifier, options, thresholds[i])
             for i, s in enumerate(states)
         ])
+        w = weights.to(taus.device)  # the tensors may be on a GPU (read to it one at a time)
         if use_consensus:
-            sign = consensus.elect_sign(taus * weights.view(-1, *([1] * reference.ndim)), options.election, options.zero_sum)
-            delta = consensus.disjoint_merge(taus, sign, options.combine, weights)
+            sign = consensus.elect_sign(taus * w.view(-1, *([1] * reference.ndim)), options.election, options.zero_sum)
+            delta = consensus.disjoint_merge(taus, sign, options.combine, w)
         else:
-            delta = (taus * weights.view(-1, *([1] * reference.ndim))).sum(0)
+            delta = (taus * w.view(-1, *([1] * reference.ndim))).sum(0)
             if options.combine == "mean":
-                delta = delta / weights.sum()
+                delta = delta / w.sum()
         merged[name] = (reference.double() + options.scale * delta).to(reference.dtype)
     return merged
 

@@ -58,8 +58,5 @@ def plan_devices(
         return DevicePlan(True, f"{key} is true; {up}, waiting for more up to ray.resource_wait_s")
     if most is not None:
         return DevicePlan(False, f"{up} and its autoscaler's node types add up to {most:g}, for {num_workers} worker(s)")
-    return DevicePlan(
-        False,
-        f"{up} for {num_workers} worker(s) and no autoscaler publishes node types with more "
-        f"(set {key}: true and ray.resource_wait_s to wait for GPU nodes)",
-    )
+    return DevicePlan(False, f"{up} and no autoscaler publishes node types with GPUs ({key}: true waits "
+                             "ray.resource_wait_s for them)")

@@ -109,9 +109,8 @@ def test_device_plan_says_which_and_why_in_one_line():
         "up": "mixpipe: train.use_gpu: 2 worker(s) on GPU: the cluster has 2 GPU(s) up",
         "grows": "mixpipe: tune.use_gpu: 2 worker(s) on GPU: the cluster has 0 GPU(s) up; its autoscaler's node "
                  "types add up to 4, asked for 2",
-        "unknown": "mixpipe: train.use_gpu: 2 worker(s) on CPU: the cluster has 0 GPU(s) up for 2 worker(s) and no "
-                   "autoscaler publishes node types with more (set train.use_gpu: true and ray.resource_wait_s to "
-                   "wait for GPU nodes)",
+        "unknown": "mixpipe: train.use_gpu: 2 worker(s) on CPU: the cluster has 0 GPU(s) up and no autoscaler "
+                   "publishes node types with GPUs (train.use_gpu: true waits ray.resource_wait_s for them)",
         "off": "mixpipe: train.use_gpu: 2 worker(s) on CPU: train.use_gpu is false",
     }
 
