@@ -1,7 +1,7 @@
 """The GPU paths, checked and timed in one run (under 8 minutes on one GPU).
 
 Usage:
-    python benchmarks/gpu_check.py [--device cuda|cpu] [--train-samples 8192] [--epochs 5] [--batch 128]
+    python benchmarks/gpu_check.py [--device cuda|cpu] [--train-samples 8192] [--epochs 5] [--batch 128] [--model M]
 
 (a) every mixer on the device against the mixing contract: shapes, dtype and device of what it
     returns, partners a permutation, λ in [0, 1], a mask method's own fraction equal to its λ, the
@@ -130,15 +130,16 @@ def check_mixers(device: torch.device) -> list[Row]:
 
 
 def cifar_shaped(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images a ResNet can learn: a fixed random pattern per class, plus noise."""
+    """Images a ResNet can learn: a fixed random pattern and colour per class, plus noise (the
+    colour survives global pooling, so even a small CNN learns it within a few epochs)."""
     generator = torch_generator(seed)
-    patterns = torch.randn(10, 3, 32, 32, generator=generator)
+    patterns = torch.randn(10, 3, 32, 32, generator=generator) + torch.randn(10, 3, 1, 1, generator=generator)
     labels = torch.randint(0, 10, (samples,), generator=generator)
-    images = patterns[labels] + 1.5 * torch.randn(samples, 3, 32, 32, generator=generator)
+    images = patterns[labels] + torch.randn(samples, 3, 32, 32, generator=generator)
     return images.numpy(), labels.numpy()
 
 
-def check_training(device: torch.device, samples: int, epochs: int, batch: int) -> list[Row]:
+def check_training(device: torch.device, samples: int, epochs: int, batch: int, model: str) -> list[Row]:
     from pipelines.cluster import ray_session
     from pipelines.config import OptimParams
     from pipelines.data import ArrayDataset
@@ -152,7 +153,7 @@ def check_training(device: torch.device, samples: int, epochs: int, batch: int) 
     use_gpu = device.type == "cuda"
     with tempfile.TemporaryDirectory(prefix="mixpipe-gpu-check-") as folder:
         job = TrainJob(
-            run_name="gpu-check", card=ModelCard("resnet18_cifar", (3, 32, 32), 10, seed=0), epochs=epochs,
+            run_name="gpu-check", card=ModelCard(model, (3, 32, 32), 10, seed=0), epochs=epochs,
             batch_size=batch, optim=OptimParams(lr=0.05, warmup_epochs=1), mixing=MixingSpec("cutmix", alpha=1.0),
             seed=1, storage_path=str(Path(folder) / "runs"), num_workers=1, cpus_per_worker=1.0, use_gpu=use_gpu,
         )
@@ -167,7 +168,7 @@ def check_training(device: torch.device, samples: int, epochs: int, batch: int) 
     same_prefix = [r["train_loss"] for r in history[: epochs - 1]] == [r["train_loss"] for r in stopped.history]
     rate = max(r["samples_per_s"] for r in history)
     return [
-        Row("(b) loss decreases", last < first, f"train loss {first:.3f} -> {last:.3f} over {steps} steps, "
+        Row("(b) loss decreases", last < first, f"{model}: train loss {first:.3f} -> {last:.3f} over {steps} steps, "
                                                 f"bf16={use_gpu}, {rate:,.0f} samples/s, {seconds:.0f}s"),
         Row("(b) checkpoint written", bool(stopped.checkpoint_path) and bool(resumed.checkpoint_path),
             Path(resumed.checkpoint_path).name),
@@ -202,6 +203,7 @@ def _loops() -> dict[str, Callable]:
     path = Path(__file__).with_name("bench_mixing.py")
     spec = importlib.util.spec_from_file_location("bench_mixing", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_mixing", module)
     spec.loader.exec_module(module)
     return {"mixup": module.loop_mixup, "cutmix": module.loop_cutmix, "fmix": module.loop_fmix,
             "resizemix": module.loop_resizemix, "saliencymix": module.loop_saliencymix}
@@ -289,7 +291,7 @@ def check_merge(device: torch.device, models: int, tensors: int, side: int) -> l
     # so they agree to within one float32 ulp of the largest weight (|w| < 8 here: 2^-20)
     size = models * tensors * side * side * 4 / 2**20
     return [Row("(d) streamed TIES", worst <= 2.0**-20,
-                f"{models} x {size / models:.0f} MiB: {device.type} {device_s:.2f}s, cpu {cpu_s:.2f}s "
+                f"{models} x {size / models:.2f} MiB: {device.type} {device_s:.2f}s, cpu {cpu_s:.2f}s "
                 f"({cpu_s / device_s:.1f}x); max |diff| {worst:.1e}")]
 
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-samples", type=int, default=8192, help="(b) training set size (default 8192)")
     parser.add_argument("--epochs", type=int, default=5, help="(b) epochs (default 5: 320 steps at batch 128)")
     parser.add_argument("--batch", type=int, default=128, help="(b) per-worker batch (default 128)")
+    parser.add_argument("--model", default="resnet18_cifar", help="(b) train.model (default resnet18_cifar)")
     parser.add_argument("--mix-batch", type=int, default=256, help="(c) batch of the throughput rows (default 256)")
     parser.add_argument("--repeats", type=int, default=20, help="(c) timing repeats, best of (default 20)")
     parser.add_argument("--merge-tensors", type=int, default=24, help="(d) tensors per model (default 24 x 1024^2)")
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     parts = {
         "a": lambda: check_mixers(device),
-        "b": lambda: check_training(device, args.train_samples, args.epochs, args.batch),
+        "b": lambda: check_training(device, args.train_samples, args.epochs, args.batch, args.model),
         "c": lambda: check_throughput(device, args.mix_batch, args.repeats),
         "d": lambda: check_merge(device, 3, args.merge_tensors, args.merge_side),
     }
