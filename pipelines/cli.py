@@ -111,7 +111,12 @@ def _rayjob(args: argparse.Namespace) -> int:
     root = Path.cwd()
     template = yaml.safe_load((CODE_ROOT / TEMPLATE).read_text())
     document = rayjob_manifest(job_request(p, io, "a RayJob"), root, template, args.cluster, args.ttl)
-    text = yaml.safe_dump(document, sort_keys=False, width=1000)
+    class Literal(yaml.SafeDumper):  # the runtime env, a YAML text inside the YAML, as a readable block
+        pass
+
+    Literal.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+    text = yaml.dump(document, Dumper=Literal, sort_keys=False, width=1000)
     if args.out == "-":
         sys.stdout.write(text)
     else:

@@ -103,8 +103,12 @@ def rayjob_manifest(request: JobRequest, root: Path, template: dict[str, Any], c
     spec = RemoteStage(request.io.name, job_id, request.store, inputs_url, request.io.outputs,
                        tuple(shlex.split(request.io.cmd)))
     env_vars = {**jobs.forwarded_env(list(request.forward_env)), **worker_env()}
-    if os.environ.get("MIXPIPE_PARAMS"):
-        env_vars["MIXPIPE_PARAMS"] = os.environ["MIXPIPE_PARAMS"]
+    chosen = os.environ.get("MIXPIPE_PARAMS")
+    if chosen:
+        if chosen not in code_files(root):
+            raise ConfigError(f"MIXPIPE_PARAMS {chosen}: a RayJob reads its params from the code it ships, so name a "
+                              "file of this checkout by its path relative to it (not ignored by git)")
+        env_vars["MIXPIPE_PARAMS"] = chosen
     runtime_env = {"working_dir": upload_code(root, request.store), **request.packages, "env_vars": env_vars}
 
     document = copy.deepcopy(template)

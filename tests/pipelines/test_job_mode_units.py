@@ -376,7 +376,8 @@ def test_a_rayjob_runs_the_stage_job_mode_would_and_job_mode_then_takes_its_outp
     import yaml
 
     from pipelines.cluster.rayjob import TEMPLATE, code_files, rayjob_manifest
-    from tests.pipelines.test_cluster_definitions import kuberay_rayjob_rules
+    from tests.pipelines.test_cluster_definitions import SCHEMAS, kuberay_rayjob_rules
+    from tests.pipelines.test_cluster_definitions import _validate as validate_manifest
 
     repo = Path(__file__).resolve().parents[2]
     workspace = tmp_path / "ws"
@@ -393,6 +394,8 @@ def test_a_rayjob_runs_the_stage_job_mode_would_and_job_mode_then_takes_its_outp
     again = rayjob_manifest(request, workspace, template, cluster="lab", ttl_s=600)
     assert manifest == again  # same inputs, params, code and store: the same job, the same code zip
     kuberay_rayjob_rules(manifest)
+    if SCHEMAS.is_dir():
+        validate_manifest(manifest, "RayJob")
     spec = manifest["spec"]
     assert spec["clusterSelector"] == {"ray.io/cluster": "lab"} and spec["ttlSecondsAfterFinished"] == 600
     assert manifest["metadata"]["name"] == spec["jobId"] and spec["jobId"].startswith("mixpipe-copy-")
