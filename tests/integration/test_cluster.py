@@ -237,6 +237,42 @@ def test_a_killed_client_reattaches_to_its_job(repro, cluster, client_env, hidde
     assert history["epoch"].tolist() == [1, 2]
 
 
+def test_a_rayjob_runs_as_the_operator_submits_it_and_job_mode_takes_its_outputs(repro, cluster, client_env, hidden_root):
+    """``mixpipe rayjob train``'s manifest, submitted as KubeRay's HTTPMode does (the Jobs API with
+    the manifest's entrypoint, jobId, runtime env and metadata), runs on nodes that see nothing of
+    the workspace (code and inputs come from the store); running the stage in job mode afterwards
+    takes its outputs without a job of its own."""
+    workspace = copy_of(repro[0], hidden_root)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["epochs"] = 3  # a job no other test has run
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    made = run(workspace, sys.executable, "-m", "pipelines.cli", "rayjob", "train", env=client_env)
+    manifest = yaml.safe_load(made.stdout)
+    spec = manifest["spec"]
+    job_id = spec["jobId"]
+    assert spec["clusterSelector"] == {"ray.io/cluster": "mixpipe"} and spec["runtimeEnvYAML"]
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["working_dir"].startswith(f"{STORE}/code/") and runtime_env["working_dir"].endswith(".zip")
+
+    body = {"entrypoint": spec["entrypoint"], "submission_id": job_id, "runtime_env": runtime_env,
+            "metadata": spec["metadata"], "entrypoint_num_cpus": spec["entrypointNumCpus"]}
+    token = Path(cluster.token_path).read_text().strip()
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert json.load(response)["submission_id"] == job_id
+    assert wait_until(lambda: jobs_api(cluster, f"/api/jobs/{job_id}")["status"] in ("SUCCEEDED", "FAILED", "STOPPED"),
+                      timeout=600, interval=2)
+    assert jobs_api(cluster, f"/api/jobs/{job_id}")["status"] == "SUCCEEDED", jobs_api(cluster, f"/api/jobs/{job_id}/logs")
+
+    before = {job["submission_id"] for job in mixpipe_jobs(cluster)}
+    taken = run(workspace, sys.executable, "-m", "stages.train", env=client_env)
+    assert f"train: job {job_id} already succeeded; taking its outputs" in taken.stdout
+    assert {job["submission_id"] for job in mixpipe_jobs(cluster)} == before
+    history = tables.read_table(str(workspace / "results/train_history.parquet"), "train_history")
+    assert history["epoch"].tolist() == [1, 2, 3]
+
+
 def test_queued_experiments_take_turns_on_the_cluster(repro, cluster, client_env, hidden_root):
     """`dvc queue start -j 2` with two train experiments: both jobs run at once, and each wants
     the whole cluster (2 workers x 1 CPU on two 1-CPU nodes), so one worker group waits in Ray's
