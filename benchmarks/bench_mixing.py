@@ -5,7 +5,9 @@ Usage:
 
 The baseline applies per-element λ the way timm's ``Mixup._mix_elem`` does: a Python loop over
 the batch, one λ (and one box, Fourier mask, resize or saliency map) per sample. Both run in this process on the same
-256 x 3 x 32 x 32 float32 batch; the table prints the ratio.
+256 x 3 x 32 x 32 batch, float32 and uint8. Beside that ratio the table prints each method's time over
+``x.clone()`` of the batch: one read and one write of it, the memory floor of any method that returns a new batch,
+for the fused paste (the default) and the eager one.
 """
 
 from __future__ import annotations
@@ -122,21 +124,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1: per-sample overhead, not core count)")
+    parser.add_argument("--loop-repeats", type=int, default=5, help="timed calls of the per-sample loops (slow)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    x = torch.randn(args.batch, 3, 32, 32, generator=torch_generator(0))
-    y = torch.randint(0, 10, (args.batch,), generator=torch_generator(1))
     loops = {"mixup": loop_mixup, "cutmix": loop_cutmix, "fmix": loop_fmix, "resizemix": loop_resizemix,
              "saliencymix": loop_saliencymix}
-    print(f"batch {args.batch} x 3 x 32 x 32 float32, elem mode, {args.threads} thread(s), best of {args.repeats}")
-    print(f"{'method':12s} {'vectorised samples/s':>22s} {'loop samples/s':>16s} {'speed-up':>9s}")
-    for name, loop in loops.items():
-        mixer = get_mixer(name, alpha=1.0, mode="elem", prob=1.0)
-        generator = torch_generator(2)
-        rng = random.Random(2)
-        fast = best_seconds(lambda m=mixer, g=generator: m(x, y, generator=g), args.repeats)
-        slow = best_seconds(lambda f=loop, r=rng: f(x, 1.0, r), args.repeats)
-        print(f"{name:12s} {args.batch / fast:22,.0f} {args.batch / slow:16,.0f} {slow / fast:8.1f}x")
+    print(f"batch {args.batch} x 3 x 32 x 32, elem mode, {args.threads} thread(s), best of {args.repeats}; "
+          "x clone: time over x.clone()'s (the memory floor); fused: torch.compile'd paste (MIXPIPE_FUSE), eager: without")
+    print(f"{'method':12s} {'dtype':7s} {'samples/s':>11s} {'x clone':>8s} {'eager x clone':>14s} {'loop samples/s':>15s} {'vs loop':>8s}")
+    for dtype in (torch.float32, torch.uint8):
+        if dtype == torch.uint8:
+            x = torch.randint(0, 256, (args.batch, 3, 32, 32), generator=torch_generator(0), dtype=torch.uint8)
+        else:
+            x = torch.randn(args.batch, 3, 32, 32, generator=torch_generator(0))
+        y = torch.randint(0, 10, (args.batch,), generator=torch_generator(1))
+        floor = best_seconds(lambda: x.clone(), args.repeats)
+        print(f"{'x.clone()':12s} {str(dtype).removeprefix('torch.'):7s} {args.batch / floor:11,.0f} {1:8.2f}")
+        for name, loop in loops.items():
+            fused = get_mixer(name, alpha=1.0, mode="elem", prob=1.0)
+            eager = get_mixer(name, alpha=1.0, mode="elem", prob=1.0, fuse=False)
+            fast = best_seconds(lambda m=fused, g=torch_generator(2): m(x, y, generator=g), args.repeats)
+            plain = best_seconds(lambda m=eager, g=torch_generator(2): m(x, y, generator=g), args.repeats)
+            rng = random.Random(2)
+            slow = best_seconds(lambda f=loop, r=rng: f(x.float() if dtype == torch.uint8 else x, 1.0, r), args.loop_repeats)
+            print(f"{name:12s} {str(dtype).removeprefix('torch.'):7s} {args.batch / fast:11,.0f} {fast / floor:8.2f} "
+                  f"{plain / floor:14.2f} {args.batch / slow:15,.0f} {slow / fast:7.1f}x")
 
 
 if __name__ == "__main__":

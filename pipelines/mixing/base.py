@@ -52,11 +52,14 @@ class Mixer:
         alpha: Beta(alpha, alpha) concentration of λ.
         mode: ``"elem"`` draws one λ (and mask) per sample, ``"batch"`` one for the batch.
         prob: probability that a sample (``elem``) or the batch (``batch``) is mixed at all.
+        fuse: compile the mask methods' paste into one pass (``auto``: when ``torch.compile``
+            works here; see :mod:`pipelines.mixing.kernels`). It changes speed, not results.
     """
 
     alpha: float = 1.0
     mode: Literal["batch", "elem"] = "elem"
     prob: float = 1.0
+    fuse: bool | Literal["auto"] = "auto"
 
     name: ClassVar[str] = ""
     partners_are_a_permutation: ClassVar[bool] = True
@@ -69,6 +72,8 @@ class Mixer:
             raise ConfigError(f"mixing.mode must be 'batch' or 'elem', got {self.mode!r}")
         if not 0 <= self.prob <= 1:
             raise ConfigError(f"mixing.prob must be in [0, 1], got {self.prob!r}")
+        if self.fuse not in (True, False, "auto"):
+            raise ConfigError(f"mixing.fuse must be true, false or auto, got {self.fuse!r}")
 
     def draw(
         self, batch_size: int, generator: torch.Generator, device: torch.device, index: torch.Tensor | None = None
@@ -113,10 +118,14 @@ def interpolate(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> to
     One fused ``lerp`` pass instead of four elementwise ones; ``lerp`` is exact at ``lam`` 1 and 0,
     so an unmixed sample keeps its input bit for bit. Narrower than float32 (a hidden layer's bf16
     output under autocast), the mix is taken in float32 and rounded once: a bf16 λ would be off by
-    up to 2⁻⁹ from the float32 λ that weighs the labels in the loss.
+    up to 2⁻⁹ from the float32 λ that weighs the labels in the loss. Integer inputs (uint8 images)
+    are mixed in float32 and rounded.
     """
     if x.dtype in (torch.bfloat16, torch.float16):
         mixed = partner.float().lerp_(x.float(), broadcast_per_sample(lam.float(), x))
+        return partner.copy_(mixed)
+    if not x.is_floating_point():  # uint8 images: mixed in float32, rounded to the nearest level
+        mixed = partner.float().lerp_(x.float(), broadcast_per_sample(lam.float(), x)).round_()
         return partner.copy_(mixed)
     return partner.lerp_(x, broadcast_per_sample(lam.to(x.dtype), x))
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from pipelines.errors import ConfigError
+from pipelines.seeding import derive_seed, torch_generator
+from pipelines.mixing import kernels
 from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
 from pipelines.mixing.boxes import check_spatial
 
@@ -39,19 +42,77 @@ def low_frequency_noise(
     return torch.fft.irfftn(spectrum, s=spatial, dim=tuple(range(1, len(spatial) + 1)))
 
 
-def rank_masks(noise: torch.Tensor, own: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Per row of ``noise`` ``[B, N]``: 1 on its ``own[b]`` largest entries, 0 elsewhere.
-
-    With ``soft[b] = s > 0`` the ``2s`` entries ranked around the cut ramp linearly from 1 to 0
-    (as FMix's ``max_soft``); the row still sums to ``own[b]`` exactly.
-    """
+def descending_ranks(noise: torch.Tensor) -> torch.Tensor:
+    """Per row of ``noise`` ``[B, N]``, each entry's rank from the largest (0) down (ties by position)."""
     batch, size = noise.shape
     order = noise.argsort(dim=1, descending=True, stable=True)
     positions = torch.arange(size, device=noise.device).expand(batch, size)
-    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def rank_masks(noise: torch.Tensor, own: torch.Tensor, soft: torch.Tensor, rank: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row of ``noise`` ``[B, N]``: 1 on its ``own[b]`` largest entries, 0 elsewhere.
+
+    With ``soft[b] = s > 0`` the ``2s`` entries ranked around the cut ramp linearly from 1 to 0
+    (as FMix's ``max_soft``); the row still sums to ``own[b]`` exactly. ``rank``: the rows' ranks
+    (:func:`descending_ranks`) when already known, ``noise`` then unused.
+    """
+    rank = descending_ranks(noise) if rank is None else rank
     low, high = (own - soft).unsqueeze(1), (own + soft).unsqueeze(1)
     ramp = 1 - (rank - low).double() / (2 * soft.unsqueeze(1) - 1).clamp(min=1)
     return torch.where(rank < low, 1.0, torch.where(rank >= high, 0.0, ramp))
+
+
+# a bank's fields are drawn once per process from this seed: the same bank everywhere
+BANK_SEED = 20_200_212
+# at most this many bytes of ranks per bank (int32): 1024 fields of 32x32, 41 of 224x224... at least 64
+BANK_BYTES = 64 * 2**20
+
+
+@functools.lru_cache(maxsize=8)
+def rank_bank(spatial: tuple[int, ...], decay_power: float, fields: int) -> torch.Tensor:
+    """``fields`` low-frequency noise fields of shape ``spatial`` as descending ranks (int32
+    ``[fields, N]``), drawn once per process from :data:`BANK_SEED`."""
+    generator = torch_generator(derive_seed(BANK_SEED, "fmix", *spatial, decay_power))
+    ranks = []
+    for start in range(0, fields, 256):  # bounded working memory for large fields
+        noise = low_frequency_noise(min(256, fields - start), spatial, decay_power, generator)
+        ranks.append(descending_ranks(noise.reshape(noise.shape[0], -1)).to(torch.int32))
+    return torch.cat(ranks)
+
+
+def bank_fields(spatial: tuple[int, ...], bank_size: int) -> int:
+    """How many fields a bank of ``bank_size`` (0: none; -1: as many as fit :data:`BANK_BYTES`) holds."""
+    if bank_size >= 0:
+        return bank_size
+    return max(64, min(1024, BANK_BYTES // (4 * math.prod(spatial))))
+
+
+def shifted_ranks(bank: torch.Tensor, spatial: tuple[int, ...], batch: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` rank maps ``[B, N]``: each a bank field picked at random, circularly shifted and
+    flipped at random on every axis.
+
+    The noise is periodic (an inverse FFT) with independent, circularly symmetric coefficients, so a
+    shifted or mirrored field has the same distribution as a fresh one: each mask is an exact FMix
+    draw. Two samples of a batch share a field with probability 1/fields (then with different shifts
+    in all but 1/N of cases), the one way a bank departs from fresh noise per sample.
+    """
+    device = generator.device
+    # int32 positions and index_select: a third of the time of int64 advanced indexing on CPU
+    field = torch.randint(bank.shape[0], (batch,), generator=generator, device=device, dtype=torch.int32)
+    flat = field.view(batch, *([1] * len(spatial))) * math.prod(spatial)
+    stride = math.prod(spatial)
+    for axis, size in enumerate(spatial):
+        stride //= size
+        shift = torch.randint(size, (batch, 1), generator=generator, device=device, dtype=torch.int32)
+        flip = torch.rand(batch, 1, generator=generator, device=device) < 0.5
+        along = torch.arange(size, device=device, dtype=torch.int32).view(1, size)
+        along = torch.where(flip, size - 1 - along, along)
+        position = (along + shift) % size
+        view = [batch] + [1] * len(spatial)
+        view[axis + 1] = size
+        flat = flat + (position * stride).view(view)
+    return bank.to(device).reshape(-1).index_select(0, flat.reshape(-1)).view(batch, -1)
 
 
 @register("fmix")
@@ -63,14 +124,21 @@ class FMix(Mixer):
     ``round(lam * N)`` of its ``N`` positions keep its own values; ``out.lam`` is that exact
     fraction. Works on ``(B, C, L)``, ``(B, C, H, W)`` and ``(B, C, D, H, W)`` inputs.
 
+    A fresh noise field per sample costs an FFT and a sort, over 50 times the batch copy; by
+    default the fields come from a bank drawn once per process, each shifted and mirrored at random
+    (:func:`shifted_ranks`: every mask is still an exact FMix draw).
+
     Args:
         decay_power: spectral decay; higher gives smoother, blob-like masks (paper default 3).
         max_soft: soft edges, in [0, 0.5]: up to ``max_soft * N`` positions on each side of the cut
             blend linearly (0 gives hard masks, where every element is its own or its partner's).
+        bank_size: fields in the bank; -1 (default) as many as fit 64 MiB of ranks (1024 at 32x32,
+            capped there, at least 64); 0 draws fresh noise for every mask.
     """
 
     decay_power: float = 3.0
     max_soft: float = 0.0
+    bank_size: int = -1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,23 +146,31 @@ class FMix(Mixer):
             raise ConfigError(f"mixing.decay_power must be > 0, got {self.decay_power!r}")
         if not 0 <= self.max_soft <= 0.5:
             raise ConfigError(f"mixing.max_soft must be in [0, 0.5], got {self.max_soft!r}")
+        if not (isinstance(self.bank_size, int) and self.bank_size >= -1):
+            raise ConfigError(f"mixing.bank_size must be -1 (sized to memory), 0 (no bank) or a count, got {self.bank_size!r}")
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("fmix", x)
         batch, size = x.shape[0], math.prod(spatial)
         masks = 1 if self.mode == "batch" else batch
-        noise = low_frequency_noise(masks, spatial, self.decay_power, generator).reshape(masks, size)
-        lam = draws.lam[:masks].to(noise.device, torch.float64)
-        own = torch.round(lam * size).long()
-        soft = torch.floor(size * torch.minimum(torch.full_like(lam, self.max_soft), torch.minimum(lam, 1 - lam))).long()
-        mask = rank_masks(noise, own, soft).expand(batch, size).to(x.device)
-        own = own.expand(batch).to(x.device)
-        unmixed = ~draws.mixed
-        mask = torch.where(unmixed.unsqueeze(1), 1.0, mask)
-        own = torch.where(unmixed, size, own)
-        mask = mask.reshape(batch, 1, *spatial)
-        if self.max_soft == 0:
-            mixed_x = torch.where(mask.bool(), x, partners_of(x, draws.index))
+        fields = bank_fields(spatial, self.bank_size)
+        if fields:
+            rank = shifted_ranks(rank_bank(spatial, float(self.decay_power), fields), spatial, masks, generator)
+            noise = None
         else:
-            mixed_x = partners_of(x, draws.index).lerp_(x, mask.to(x.dtype))
+            noise = low_frequency_noise(masks, spatial, self.decay_power, generator).reshape(masks, size)
+            rank = descending_ranks(noise)
+        lam = draws.lam[:masks].to(rank.device, torch.float64)
+        unmixed = ~draws.mixed.to(rank.device)
+        # an unmixed sample keeps all of its own elements
+        own = torch.where(unmixed[:masks], size, torch.round(lam * size).long())
+        if self.max_soft == 0:  # rank < own: the own[b] largest noise values keep the sample's own
+            ranks = rank.expand(batch, size).reshape(batch, *spatial)
+            mixed_x = kernels.keep_below(x, draws.index, ranks, own.expand(batch).to(x.device), self.fuse)
+        else:
+            soft = torch.floor(size * torch.minimum(torch.full_like(lam, self.max_soft), torch.minimum(lam, 1 - lam))).long()
+            soft = torch.where(unmixed[:masks], 0, soft)
+            mask = rank_masks(noise, own, soft, rank).expand(batch, size).to(x.device)
+            mixed_x = partners_of(x, draws.index).lerp_(x, mask.reshape(batch, 1, *spatial).to(x.dtype))
+        own = own.expand(batch).to(x.device)
         return MixOutput(x=mixed_x, index=draws.index, lam=(own.double() / size).float())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
+from pipelines.mixing.base import Draws, Mixer, MixOutput, register
 from pipelines.mixing.boxes import box_sides, check_spatial, paste_boxes
 
 _POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
@@ -57,6 +57,7 @@ class SaliencyMix(Mixer):
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("saliencymix", x)
-        source = partners_of(x, draws.index)
         sides = box_sides(draws.lam, spatial)
-        return paste_boxes(x, draws, sides, saliency_peaks(source).to(sides.device), source)
+        # saliency is per sample: the partners' peaks are the peaks of x, taken in partner order
+        peaks = saliency_peaks(x).index_select(0, draws.index.to(x.device))
+        return paste_boxes(x, draws, sides, peaks.to(sides.device), self.fuse)
