@@ -116,6 +116,27 @@ def load_cifar100(source: str | None = None, seed: int = 0) -> ArrayDataset:
     return _cifar("cifar100", source)
 
 
+@DATASETS.register("image_folder")
+def load_image_folder(
+    source: str | None = None, seed: int = 0, mode: str = "RGB", size: Sequence[int] | None = None,
+) -> ArrayDataset:
+    """A user's images in torchvision's ``ImageFolder`` layout (``<source>/<class>/<image>.png``,
+    PNG or JPEG, at any fsspec URL), decoded with Pillow (:mod:`pipelines.data.image_folder`):
+    ``(N, C, H, W)`` in [0, 1], classes numbered in sorted order.
+
+    Args:
+        mode: ``RGB`` (3 channels) or ``L`` (grey, 1 channel).
+        size: ``[height, width]`` to resize every image to; without it all must share one size.
+    """
+    from pipelines.data.image_folder import load_images
+
+    pixels, labels, classes = load_images(_needs_source("image_folder", source), mode, size)
+    if len(classes) < 2:
+        raise DataError(f"data.source: {source} has one class folder ({classes[0]!r}); a classifier needs two or more")
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    return ArrayDataset(x=x, y=labels, ids=np.arange(len(labels), dtype=np.int64), num_classes=len(classes))
+
+
 @DATASETS.register("parquet")
 def load_parquet(
     source: str | None = None, seed: int = 0, x_column: str = "x", y_column: str = "label",

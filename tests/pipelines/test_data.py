@@ -67,6 +67,25 @@ def write_user_table(path, **columns):
     return str(target)
 
 
+def write_image_folder(root, size=(6, 5)):
+    """``root/<class>/<n>.png`` (and one JPEG) of known pixels; returns (root, {relative path: pixels})."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    written = {}
+    for label, name in enumerate(["cat", "dog", "emu"]):
+        (root / name / "deep").mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+            relative = f"{name}/{i}.png" if i < 2 else f"{name}/deep/{i}.png"
+            Image.fromarray(pixels).save(root / relative)
+            written[relative] = pixels
+    Image.fromarray(np.full((*size, 3), 200, dtype=np.uint8)).save(root / "dog" / "photo.jpg", quality=95)
+    (root / "README.txt").write_text("not an image")
+    (root / "cat" / ".hidden.png").write_bytes(b"ignored")
+    return str(root), written
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """data.source and data.options for each registered dataset that reads a source."""
@@ -74,6 +93,7 @@ def sources(tmp_path_factory):
     rng = np.random.default_rng(0)
     table = write_user_table(root, pixels=[rng.normal(size=12).tolist() for _ in range(20)], label=np.arange(20) % 4)
     return {
+        "image_folder": (write_image_folder(root / "images")[0], {}),
         "cifar10": (write_cifar(root, "cifar10")[0], {}),
         "cifar100": (write_cifar(root, "cifar100")[0], {}),
         "parquet": (table, {"x_column": "pixels", "shape": [3, 4]}),
@@ -269,3 +289,38 @@ def test_regression_splits_keep_the_target_distribution_and_standardise_with_tra
     assert back.task == "regression" and np.array_equal(back.y, ready.y) and back.num_classes == 1
     with pytest.raises(ValueError, match="regression targets must be finite"):
         ArrayDataset(ready.x[:2], np.array([0.0, np.nan], np.float32), ready.ids[:2], 1, task="regression")
+
+
+def test_image_folder_reads_classes_in_sorted_order_with_exact_png_pixels(tmp_path):
+    root, written = write_image_folder(tmp_path / "images")
+    data = load_dataset("image_folder", root)
+    assert data.x.shape == (10, 3, 6, 5) and data.num_classes == 3
+    # sorted paths: cat/0, cat/1, cat/deep/2, dog/0, dog/1, dog/deep/2, dog/photo.jpg, emu/...
+    assert data.y.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    assert np.array_equal(data.x[0], written["cat/0.png"].transpose(2, 0, 1).astype(np.float32) / 255)
+    assert np.array_equal(data.x[5], written["dog/deep/2.png"].transpose(2, 0, 1).astype(np.float32) / 255)
+    jpeg = data.x[6] * 255
+    assert np.abs(jpeg - 200).max() <= 2  # JPEG is lossy: a flat grey comes back within two levels
+    grey = load_dataset("image_folder", root, options={"mode": "L", "size": [3, 4]})
+    assert grey.x.shape == (10, 1, 3, 4)
+
+
+def test_image_folder_names_the_bad_file(tmp_path):
+    from PIL import Image
+
+    root, _ = write_image_folder(tmp_path / "images")
+    broken = tmp_path / "images" / "emu" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated download
+    with pytest.raises(DataError, match=rf"^{broken}: not a readable PNG/JPEG image \("):
+        load_dataset("image_folder", root)
+    broken.unlink()
+    Image.fromarray(np.zeros((7, 5, 3), dtype=np.uint8)).save(tmp_path / "images" / "emu" / "wide.png")
+    with pytest.raises(DataError, match=r"emu/wide.png: 5x7 pixels, but .*cat/0.png has 5x6; set data.options.size"):
+        load_dataset("image_folder", root)
+    assert load_dataset("image_folder", root, options={"size": [6, 5]}).x.shape[2:] == (6, 5)
+    with pytest.raises(DataError, match="no .png/.jpg/.jpeg images in class folders"):
+        load_dataset("image_folder", str(tmp_path / "images" / "cat" / "deep"))
+    with pytest.raises(ConfigError, match="data.options.mode"):
+        load_dataset("image_folder", root, options={"mode": "CMYK"})
+    with pytest.raises(DataError, match="not a folder of class folders"):
+        load_dataset("image_folder", str(tmp_path / "missing"))
