@@ -70,9 +70,12 @@ BANK_BYTES = 64 * 2**20
 
 
 @functools.lru_cache(maxsize=8)
-def rank_bank(spatial: tuple[int, ...], decay_power: float, fields: int) -> torch.Tensor:
+def rank_bank(spatial: tuple[int, ...], decay_power: float, fields: int, device: str = "cpu") -> torch.Tensor:
     """``fields`` low-frequency noise fields of shape ``spatial`` as descending ranks (int32
-    ``[fields, N]``), drawn once per process from :data:`BANK_SEED`."""
+    ``[fields, N]``) on ``device``, drawn once per process from :data:`BANK_SEED` (on the CPU, so
+    every device holds the same bank)."""
+    if device != "cpu":
+        return rank_bank(spatial, decay_power, fields).to(device)
     generator = torch_generator(derive_seed(BANK_SEED, "fmix", *spatial, decay_power))
     ranks = []
     for start in range(0, fields, 256):  # bounded working memory for large fields
@@ -112,7 +115,7 @@ def shifted_ranks(bank: torch.Tensor, spatial: tuple[int, ...], batch: int, gene
         view = [batch] + [1] * len(spatial)
         view[axis + 1] = size
         flat = flat + (position * stride).view(view)
-    return bank.to(device).reshape(-1).index_select(0, flat.reshape(-1)).view(batch, -1)
+    return bank.reshape(-1).index_select(0, flat.reshape(-1).to(bank.device)).view(batch, -1).to(device)
 
 
 @register("fmix")
@@ -155,7 +158,8 @@ class FMix(Mixer):
         masks = 1 if self.mode == "batch" else batch
         fields = bank_fields(spatial, self.bank_size)
         if fields:
-            rank = shifted_ranks(rank_bank(spatial, float(self.decay_power), fields), spatial, masks, generator)
+            bank = rank_bank(spatial, float(self.decay_power), fields, str(generator.device))
+            rank = shifted_ranks(bank, spatial, masks, generator)
             noise = None
         else:
             noise = low_frequency_noise(masks, spatial, self.decay_power, generator).reshape(masks, size)
