@@ -103,7 +103,7 @@ def _run_as_job(stage: str, argv: list[str], uses_ray: bool | Callable[[Params],
         return False
     io = find_stage(DVC_FILE, p.model_dump(mode="json"), ["python", "-m", f"stages.{stage}", *argv],
                     os.environ.get(DVC_STAGE_ENV))
-    run_stage_as_job(job_request(p, io, f"ray.address / RAY_ADDRESS {redact(address)}"), address)
+    run_stage_as_job(job_request(p, io, f"job mode (ray.address / RAY_ADDRESS {redact(address)})"), address)
     return True
 
 

@@ -85,9 +85,10 @@ class JobReport:
     seconds: float
 
 
-def require_store(store: str | None, address: str) -> str:
+def require_store(store: str | None, via: str) -> str:
+    """``store``, checked: ``via`` (job mode at an address, a RayJob) needs an object store."""
     if not store:
-        raise ConfigError(f"storage.shared_uri: job mode ({address}) needs a store every "
+        raise ConfigError(f"storage.shared_uri: {via} needs a store every "
                           "node and this machine reach, e.g. s3://bucket/mixpipe")
     if storage.is_local(store):
         raise ConfigError(f"storage.shared_uri {store}: job mode needs an object store (s3://, gs://) that this "

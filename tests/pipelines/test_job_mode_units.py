@@ -290,7 +290,7 @@ def test_job_mode_needs_an_object_store():
     from pipelines.cluster.job_mode import require_store
 
     with pytest.raises(ConfigError, match="storage.shared_uri: job mode .* needs a store"):
-        require_store(None, "http://head:8265")
+        require_store(None, "job mode (http://head:8265)")
     with pytest.raises(ConfigError, match="needs an object store"):
         require_store("/mnt/shared", "http://head:8265")
 
