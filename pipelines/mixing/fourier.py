@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.seeding import derive_seed, torch_generator
 from pipelines.mixing import kernels
 from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
 from pipelines.mixing.boxes import check_spatial
+from pipelines.seeding import derive_seed, torch_generator
 
 
 def frequency_magnitudes(spatial: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -65,7 +65,7 @@ def rank_masks(noise: torch.Tensor, own: torch.Tensor, soft: torch.Tensor, rank:
 
 # a bank's fields are drawn once per process from this seed: the same bank everywhere
 BANK_SEED = 20_200_212
-# at most this many bytes of ranks per bank (int32): 1024 fields of 32x32, 41 of 224x224... at least 64
+# at most this many bytes of ranks per bank (int32): 334 fields of 224x224; capped at 1024 (32x32), at least 64
 BANK_BYTES = 64 * 2**20
 
 

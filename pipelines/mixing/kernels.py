@@ -2,7 +2,7 @@
 
 Written as PyTorch ops, a per-sample paste is several passes: the partners gathered into a new
 batch, a broadcast mask built, then ``torch.where`` reading three tensors (about 3x the cost of
-``x.clone()`` on CPU, 13x with CutMix's box mask built in the same ops). Under ``torch.compile``
+``x.clone()`` on CPU, about 6x with CutMix's box mask built in the same ops). Under ``torch.compile``
 (Inductor: C++ on CPU, Triton on CUDA) the same function is one loop that gathers, masks and
 writes each element once: 1.6x ``x.clone()`` of a 256 x 3 x 32 x 32 float32 batch on one CPU thread
 (``benchmarks/bench_mixing.py``).
