@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,7 +159,7 @@ def check_training(device: torch.device, samples: int, epochs: int, batch: int, 
         )
         with ray_session(num_cpus=2, temp_dir=tempfile.mkdtemp(prefix="mp-ray-", dir="/tmp")):
             started = time.perf_counter()
-            stopped = run_training(_replace(job, stop_after_epoch=epochs - 1), train, val)
+            stopped = run_training(replace(job, stop_after_epoch=epochs - 1), train, val)
             resumed = run_training(job, train, val)
             seconds = time.perf_counter() - started
     history = resumed.history
@@ -175,12 +175,6 @@ def check_training(device: torch.device, samples: int, epochs: int, batch: int, 
         Row("(b) resume", len(history) == epochs and same_prefix and history[-1]["epoch"] == epochs,
             f"stopped at epoch {len(stopped.history)}, resumed to {history[-1]['epoch']} with the same history"),
     ]
-
-
-def _replace(job, **changes):
-    from dataclasses import replace
-
-    return replace(job, **changes)
 
 
 # --- (c) mixer throughput ----------------------------------------------------------------------

@@ -52,11 +52,11 @@ def code_files(root: Path) -> list[str]:
     return [n for n in names if not n.startswith(prefixes) and "__pycache__/" not in n]
 
 
-def code_archive(root: Path) -> bytes:
-    """The code as a zip with one top-level folder, byte for byte the same for the same files."""
+def code_archive(root: Path, files: list[str]) -> bytes:
+    """``files`` of ``root`` as a zip with one top-level folder, byte for byte the same for the same files."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in code_files(root):
+        for name in files:
             info = zipfile.ZipInfo(f"{TOP_FOLDER}/{name}", _FIXED_TIME)
             info.external_attr = ((root / name).stat().st_mode & 0o777 | 0o100000) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -64,9 +64,9 @@ def code_archive(root: Path) -> bytes:
     return buffer.getvalue()
 
 
-def upload_code(root: Path, store: str) -> str:
+def upload_code(root: Path, files: list[str], store: str) -> str:
     """Upload the code zip to ``<store>/code/<sha256>.zip`` unless it is there; its URL."""
-    data = code_archive(root)
+    data = code_archive(root, files)
     url = storage.join(store, CODE, f"{hashlib.sha256(data).hexdigest()}.zip")
     fs, path = storage.filesystem(url)
     if not fs.exists(path):
@@ -103,13 +103,14 @@ def rayjob_manifest(request: JobRequest, root: Path, template: dict[str, Any], c
     spec = RemoteStage(request.io.name, job_id, request.store, inputs_url, request.io.outputs,
                        tuple(shlex.split(request.io.cmd)))
     env_vars = {**jobs.forwarded_env(list(request.forward_env)), **worker_env()}
+    files = code_files(root)
     chosen = os.environ.get("MIXPIPE_PARAMS")
     if chosen:
-        if chosen not in code_files(root):
+        if chosen not in files:
             raise ConfigError(f"MIXPIPE_PARAMS {chosen}: a RayJob reads its params from the code it ships, so name a "
                               "file of this checkout by its path relative to it (not ignored by git)")
         env_vars["MIXPIPE_PARAMS"] = chosen
-    runtime_env = {"working_dir": upload_code(root, request.store), **request.packages, "env_vars": env_vars}
+    runtime_env = {"working_dir": upload_code(root, files, request.store), **request.packages, "env_vars": env_vars}
 
     document = copy.deepcopy(template)
     document["metadata"]["name"] = rayjob_name(job_id)

@@ -48,17 +48,9 @@ def box_bounds(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, .
 def box_masks(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     """Boolean masks ``[B, *spatial]``, True inside the box of ``sides`` around ``centres``,
     clipped at the borders (the caller recomputes λ from the mask)."""
-    batch, ndim = sides.shape
+    batch = sides.shape[0]
     low, high = box_bounds(sides, centres, spatial)
-    inside = None
-    for axis, size in enumerate(spatial):  # over at most 3 axes, never over the batch
-        positions = torch.arange(size, device=sides.device)
-        along = (positions >= low[:, axis, None]) & (positions < high[:, axis, None])  # [B, size]
-        view = [batch] + [1] * ndim
-        view[axis + 1] = size
-        along = along.reshape(view)
-        inside = along if inside is None else inside & along
-    return inside.expand(batch, *spatial)
+    return kernels.box_mask(low, high, (batch, 1, *spatial)).squeeze(1).expand(batch, *spatial)
 
 
 def box_volumes(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -196,5 +188,5 @@ class ResizeMix(Mixer):
         # grid_sample resizes fastest: written out as bilinear gathers for torch.compile, the
         # resize ran 10x slower (Inductor's indirect loads do not vectorise)
         resized = resize_into_boxes(partners_of(x, draws.index), starts, sides)
-        pasted = torch.where(kernels.inside_boxes(starts, ends, x.shape), resized, x)
+        pasted = torch.where(kernels.box_mask(starts, ends, x.shape), resized, x)
         return MixOutput(x=pasted, index=draws.index, lam=lam.to(x.device))

@@ -65,7 +65,7 @@ def _spatial_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(-1, *([1] * (ndim - 1)))
 
 
-def inside_boxes(low: torch.Tensor, high: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def box_mask(low: torch.Tensor, high: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Bool ``[B, 1, *spatial]``: inside each sample's ``[low, high)`` box (``[B, n]`` corners) of a
     ``[B, C, *spatial]`` batch of ``shape``."""
     inside = None
@@ -80,7 +80,7 @@ def inside_boxes(low: torch.Tensor, high: torch.Tensor, shape: torch.Size) -> to
 
 
 def _paste_boxes(x: torch.Tensor, index: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    return torch.where(inside_boxes(low, high, x.shape), x.index_select(0, index), x)
+    return torch.where(box_mask(low, high, x.shape), x.index_select(0, index), x)
 
 
 def paste_boxes(x: torch.Tensor, index: torch.Tensor, low: torch.Tensor, high: torch.Tensor, fuse: Fuse = "auto") -> torch.Tensor:
