@@ -30,6 +30,7 @@ from pipelines.mixing import MixingSpec
 from pipelines.models import ModelCard, build_model, plain_state_dict
 from pipelines.training import TrainJob, run_training
 from pipelines.training.batching import steps_per_epoch
+from pipelines.training.inputs import MemoryInput
 from pipelines.training.loop import StepMixing, train_epoch, validate
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, save_train_state
@@ -44,14 +45,14 @@ def plain_run(job: TrainJob, train, val) -> tuple[float, float]:
     model = build_model(card.model, card.input_shape, card.num_classes, card.seed)
     optimizer = build_optimizer(model.parameters(), job.optim)
     mixing = StepMixing.for_job(job)
-    x, y = torch.tensor(train.x), torch.tensor(train.y)
-    xv, yv = torch.tensor(val.x), torch.tensor(val.y)
+    cpu = torch.device("cpu")
+    data, val_data = MemoryInput.of(train, cpu, job.precision), MemoryInput.of(val, cpu, job.precision)
     seconds = []
     for epoch in range(job.epochs):
         epoch_started = time.perf_counter()
         set_lr(optimizer, lr_at_epoch(job.optim, epoch, job.epochs))
-        train_epoch(model, optimizer, mixing, x, y, job, 0, 1, epoch, use_amp=False)
-        validate(model, xv, yv, 0, 1)
+        train_epoch(model, optimizer, mixing, data, job, 0, 1, epoch, use_amp=False)
+        validate(model, val_data.val_batches(1, 0, job.val_batch_size))
         seconds.append(time.perf_counter() - epoch_started)
         with tempfile.TemporaryDirectory() as directory:
             save_train_state(directory, plain_state_dict(model), card, optimizer, TrainState(epoch + 1, [], 0))

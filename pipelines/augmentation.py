@@ -1,34 +1,37 @@
 """Offline mixing: the train split cut into shards, each mixed by one Ray task.
 
 Shard ``i`` of method ``m`` is mixed with a generator seeded from ``(seed, "augment", m, i)``,
-partners are drawn within the shard, and the task returns the shard's Parquet bytes, so the
-driver writes every file (a cluster's nodes need no access to the workspace) and the same
-params give byte-identical shards.
+partners are drawn within the shard, and the same params give byte-identical shards. Each task
+reads only its own rows of the prepared split (the parts they lie in), normalises them, mixes,
+writes its shard and returns its manifest row: a task holds one shard, the driver none. Tasks
+write where every node reaches (the output folder for a local instance or an object store,
+else a staging folder under ``storage.shared_uri`` that the driver copies from, shard by shard).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pipelines import storage, tables
-from pipelines.data import ArrayDataset, contiguous_share, mixed_samples_table
+from pipelines.data import ArrayDataset, StoredSplit, contiguous_share, mixed_samples_table, read_rows
 from pipelines.errors import ConfigError
 from pipelines.mixing import MixingSpec
 from pipelines.seeding import derive_seed, torch_generator
 
+ROW_GROUP_BYTES = 8 << 20  # a reader of a shard's first rows (the stage's picture) decodes one group
+
 
 @dataclass(frozen=True)
 class Shard:
-    """One written shard, as the manifest records it."""
+    """One written shard, as the manifest records it, and the node that mixed it."""
 
     file: str
     rows: int
     seed: int
     sha256: str
-    data: bytes
     node_id: str
 
 
@@ -36,8 +39,14 @@ def shard_seed(seed: int, method: str, index: int) -> int:
     return derive_seed(seed, "augment", method, index)
 
 
+def shard_file(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
 def mix_shard(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> bytes:
-    """Mix every sample of ``dataset`` with a partner from the same shard; a ``mixed_samples`` table."""
+    """Mix every sample of ``dataset`` (normalised first, if raw) with a partner from the same
+    shard; a ``mixed_samples`` table."""
+    dataset = dataset.normalised()
     out = mixing.build()(torch.tensor(dataset.x), torch.tensor(dataset.y), generator=torch_generator(seed))
     index = out.index.numpy()
     arrow = mixed_samples_table(
@@ -50,13 +59,17 @@ def mix_shard(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> bytes:
         task=dataset.task,
     )
     metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "task": dataset.task, "seed": seed}
-    return tables.parquet_bytes(arrow, metadata)
+    row_bytes = 4 * max(1, math.prod(dataset.input_shape))
+    return tables.parquet_bytes(arrow, metadata, row_group_rows=max(1, ROW_GROUP_BYTES // row_bytes))
 
 
-def _shard_task(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> tuple[bytes, str]:
+def _shard_task(split: StoredSplit, rows: slice, mixing: MixingSpec, seed: int, url: str) -> tuple[str, str]:
+    """Read ``rows`` of ``split``, mix them, write the shard to ``url``; its sha256 and the node."""
     import ray
 
-    return mix_shard(dataset, mixing, seed), ray.get_runtime_context().get_node_id()
+    data = mix_shard(read_rows(split, rows), mixing, seed)
+    storage.write_bytes(url, data)
+    return storage.sha256_bytes(data), ray.get_runtime_context().get_node_id()
 
 
 def check_shard_count(num_shards: int, rows: int) -> None:
@@ -69,26 +82,24 @@ def check_shard_count(num_shards: int, rows: int) -> None:
         raise ConfigError(f"augment.num_shards must be in [1, {rows}] (the train split's rows), got {num_shards}")
 
 
-def build_shards(dataset: ArrayDataset, mixing: MixingSpec, num_shards: int, seed: int) -> list[Shard]:
-    """Mix ``dataset`` into ``num_shards`` shards, one Ray task each (needs a connected Ray)."""
+def build_shards(split: StoredSplit, mixing: MixingSpec, num_shards: int, seed: int, out: str) -> list[Shard]:
+    """Mix ``split`` into ``num_shards`` shards written to folder ``out``, one Ray task each
+    (needs a connected Ray; ``split`` and ``out`` at URLs every node reaches)."""
     import ray
 
-    check_shard_count(num_shards, len(dataset))
+    check_shard_count(num_shards, split.rows)
     task = ray.remote(num_cpus=1)(_shard_task)
     seeds = [shard_seed(seed, mixing.method, i) for i in range(num_shards)]
-    pending = [
-        task.remote(dataset.subset(np.arange(len(dataset))[contiguous_share(len(dataset), num_shards, i)]), mixing, s)
-        for i, s in enumerate(seeds)
-    ]
+    shares = [contiguous_share(split.rows, num_shards, i) for i in range(num_shards)]
+    pending = [task.remote(split, shares[i], mixing, s, storage.join(out, shard_file(i))) for i, s in enumerate(seeds)]
     index = {ref: i for i, ref in enumerate(pending)}
     shards: list[Shard | None] = [None] * num_shards
     waiting = list(pending)
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=1)
         i = index[ready[0]]
-        data, node_id = ray.get(ready[0])
-        rows = contiguous_share(len(dataset), num_shards, i)
-        shards[i] = Shard(f"part-{i:05d}.parquet", rows.stop - rows.start, seeds[i], storage.sha256_bytes(data), data, node_id)
+        sha256, node_id = ray.get(ready[0])
+        shards[i] = Shard(shard_file(i), shares[i].stop - shares[i].start, seeds[i], sha256, node_id)
         print(f"augment {mixing.method}: shard {i + 1} mixed ({num_shards - len(waiting)}/{num_shards})", flush=True)
     return [s for s in shards if s is not None]
 

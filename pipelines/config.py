@@ -48,6 +48,7 @@ class DataParams(Section):
     options: dict[str, Any] = {}  # the loader's own parameters (mnist1d: num_samples; parquet: columns)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    part_mib: PositiveFloat = 64  # raw inputs per Parquet part of a prepared split
 
     @field_validator("source")
     @classmethod
@@ -62,6 +63,24 @@ class DataParams(Section):
                 f"{self.val_fraction} + {self.test_fraction}"
             )
         return self
+
+
+class InputParams(Section):
+    """How train and tune read their splits.
+
+    ``mode``: ``memory`` sends each worker the whole split through the object store; ``stream``
+    reads it through Ray Data part by part, so a worker holds one shuffle window; ``auto`` streams
+    when the raw train and val inputs exceed ``stream_above_mib``. Both give the same batches in
+    the same order: each epoch visits the parts in a seeded order and shuffles rows within
+    windows of ``shuffle_window_mib`` (a split smaller than a window is fully shuffled).
+    ``read_cpus`` is what each Ray Data read task reserves; streaming leaves that much CPU free
+    beside the worker group, or the reads would starve.
+    """
+
+    mode: Literal["auto", "memory", "stream"] = "auto"
+    stream_above_mib: PositiveFloat = 2048
+    shuffle_window_mib: PositiveFloat = 256
+    read_cpus: PositiveFloat = 0.5
 
 
 class MixingParams(Section):
@@ -274,6 +293,7 @@ class PathsParams(Section):
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     data: DataParams = DataParams()
+    input: InputParams = InputParams()
     mixing: MixingParams = MixingParams()
     augment: AugmentParams = AugmentParams()
     train: TrainParams = TrainParams()

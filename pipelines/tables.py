@@ -112,12 +112,14 @@ def _named(name: str, task: str) -> str:
     return name if task == "classification" else f"{name}_{task}"
 
 
-def _dataset(task: str) -> TableSpec:
+def _dataset(task: str, element: pa.DataType = _F32) -> TableSpec:
+    """A prepared split's rows; ``x`` holds the raw inputs, float32 or uint8 (images)."""
+    suffix = "" if element == _F32 else f"_{element}"
     return TableSpec(
-        _named("dataset", task),
+        _named("dataset", task) + suffix,
         {
             "sample_id": _col(_INT, _nonneg, unique=True),
-            "x": _col(_F32_LIST),
+            "x": _col(pa.list_(element)),
             "y": _col(_target(task), *_target_checks(task)),
         },
         checks=(_equal_lengths("x"),),
@@ -249,6 +251,11 @@ USER_DATASET = TableSpec(
     {"x": _col(_F32_LIST), "y": _col(_INT, _nonneg)},
     checks=(_equal_lengths("x"),),
 )
+USER_DATASET_UINT8 = TableSpec(
+    "user_dataset_uint8",
+    {"x": _col(pa.list_(pa.uint8())), "y": _col(_INT, _nonneg)},
+    checks=(_equal_lengths("x"),),
+)
 
 _BUILDERS = {
     "dataset": _dataset,
@@ -263,6 +270,18 @@ _BUILDERS = {
 _BY_TASK: dict[str, dict[str, TableSpec]] = {
     name: {task: build(task) for task in METRICS} for name, build in _BUILDERS.items()
 }
+# uint8 images are stored as they are: a variant of ``dataset`` per task, found by its schema
+_BY_TASK["dataset"].update({f"{task}/uint8": _dataset(task, pa.uint8()) for task in METRICS})
+
+
+def dataset_spec(task: str, dtype: Any) -> TableSpec:
+    """The ``dataset`` table of ``task`` whose ``x`` holds ``dtype`` (numpy float32 or uint8)."""
+    import numpy as np
+
+    name = np.dtype(dtype).name
+    if name not in ("float32", "uint8"):
+        raise KeyError(f"dataset inputs are float32 or uint8, not {name}")
+    return _BY_TASK["dataset"][task if name == "float32" else f"{task}/uint8"]
 
 DATASET = _BY_TASK["dataset"]["classification"]
 MIXED_SAMPLES = _BY_TASK["mixed_samples"]["classification"]
@@ -375,14 +394,19 @@ def first_failure(error: SchemaError | SchemaErrors) -> str:
     return text + (f"; {len(cases)} failures in all" if len(cases) > 1 else "")
 
 
-def parquet_bytes(arrow: pa.Table, metadata: dict[str, Any] | None = None) -> bytes:
-    """Serialise to Parquet deterministically: the same table gives the same bytes."""
+def parquet_bytes(arrow: pa.Table, metadata: dict[str, Any] | None = None, row_group_rows: int | None = None) -> bytes:
+    """Serialise to Parquet deterministically: the same table gives the same bytes.
+
+    Args:
+        row_group_rows: rows per row group (pyarrow's default: up to a million), which bounds
+            what a streaming reader decodes at once.
+    """
     if metadata is not None:
         merged = dict(arrow.schema.metadata or {})
         merged[_METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
         arrow = arrow.replace_schema_metadata(merged)
     sink = io.BytesIO()
-    pq.write_table(arrow, sink, compression="zstd", use_dictionary=False, store_schema=True)
+    pq.write_table(arrow, sink, compression="zstd", use_dictionary=False, store_schema=True, row_group_size=row_group_rows)
     return sink.getvalue()
 
 

@@ -4,7 +4,8 @@ Usage:
     python -m stages.augment METHOD
 
 METHOD is one of ``augment.methods`` (dvc.yaml runs it for each). Reads ``seed``,
-``augment.num_shards`` and ``mixing.{alpha,mode,prob}``; writes ``<shards>/METHOD/part-NNNNN.parquet``
+``augment.num_shards`` and ``mixing.{alpha,mode,prob}``. Each task reads its own rows of the
+prepared train split and writes its shard; writes ``<shards>/METHOD/part-NNNNN.parquet``
 (``mixed_samples`` tables), ``manifest.json`` (rows, seed and sha256 of every shard) and a
 picture of mixed examples, ``<plots>/augment/METHOD.png`` (a DVC image plot).
 """
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 from pipelines import storage, tables
 from pipelines.augmentation import build_shards, check_shard_count, manifest
-from pipelines.data import read_prepared
-from pipelines.errors import ConfigError
+from pipelines.cluster.shared_data import reachable_split, task_output_folder
+from pipelines.config import fingerprint
+from pipelines.data import open_split, split_url
+from pipelines.data.io import first_rows, verify_split
+from pipelines.errors import ConfigError, DataError
 from pipelines.evaluation.report import mixed_examples_png
 from pipelines.mixing import MixingSpec
 from stages.common import entrypoint, params, stage_ray
@@ -27,15 +31,22 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"usage: python -m stages.augment METHOD, METHOD in augment.methods {p.augment.methods}")
     method = argv[0]
     mixing = MixingSpec.from_params(p.mixing, method=method)
-    train = read_prepared(p.paths.prepared, "train")
-    check_shard_count(p.augment.num_shards, len(train))
-    with stage_ray(p):
-        shards = build_shards(train, mixing, p.augment.num_shards, p.seed)
+    train = open_split(split_url(p.paths.prepared, "train"))
+    check_shard_count(p.augment.num_shards, train.rows)
+    verify_split(train)  # a damaged part fails here, naming it, not inside a Ray task
     out = storage.join(p.paths.shards, method)
-    for shard in shards:
-        storage.write_bytes(storage.join(out, shard.file), shard.data)
+    with stage_ray(p) as connection:
+        shared, local = p.storage.shared_uri, connection.started_local
+        key = f"augment-{fingerprint(train.fingerprint(), mixing, p.augment.num_shards, p.seed)}"
+        written, staged = task_output_folder(out, shared, local, key)
+        shards = build_shards(reachable_split(train, shared, local), mixing, p.augment.num_shards, p.seed, written)
+    for shard in shards if staged else ():
+        data = storage.read_bytes(storage.join(written, shard.file))  # one shard at a time
+        if storage.sha256_bytes(data) != shard.sha256:
+            raise DataError(f"{storage.join(written, shard.file)}: changed since its task wrote it")
+        storage.write_bytes(storage.join(out, shard.file), data)
     storage.write_json(storage.join(out, "manifest.json"), manifest(method, mixing, p.seed, shards))
-    first = tables.read_table(storage.join(out, shards[0].file), "mixed_samples")
+    first = tables.to_frame(first_rows(storage.join(out, shards[0].file), 16))
     title = f"{method} (alpha={mixing.alpha:g}, {mixing.mode}): own label / partner label, λ"
     storage.write_bytes(storage.join(p.paths.plots, "augment", f"{method}.png"), mixed_examples_png(first, train.input_shape, title))
     nodes = len({s.node_id for s in shards})

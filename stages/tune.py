@@ -20,7 +20,8 @@ import yaml
 
 from pipelines import storage, tables
 from pipelines.config import fingerprint
-from pipelines.data import read_prepared
+from pipelines.data import ArrayDataset, read_prepared
+from pipelines.training.input_plan import training_data
 from pipelines.evaluation import bootstrap_seed, score_state
 from pipelines.locks import run_lock
 from pipelines.mixing import MixingSpec
@@ -37,30 +38,31 @@ from stages.common import code_version, entrypoint, params, run_state_uri, stage
 def main(argv: list[str]) -> None:
     p = params("data", "mixing", "tune")
     t = p.tune
-    train = read_prepared(p.paths.prepared, "train")
-    val = read_prepared(p.paths.prepared, "val")
+    data = training_data(p, "tune")
     card = load_card(p.paths.base_model)
     model_from_state(card, load_state_dict(p.paths.base_model))  # a damaged checkpoint fails here, not in every trial
     weights = storage.read_bytes(storage.join(p.paths.base_model, WEIGHTS))
     mixing = MixingSpec.from_params(p.mixing, method="none", alpha=1.0)  # each trial sets method, alpha, options
-    name = f"tune-{fingerprint(p.seed, t, mixing, p.evaluate.batch_size, storage.sha256_bytes(weights), code_version())}"
+    name = f"tune-{fingerprint(p.seed, t, mixing, p.input, p.evaluate.batch_size, data.fingerprints, storage.sha256_bytes(weights), code_version())}"
     template = TrainJob(
         run_name=name, card=card, epochs=t.epochs, batch_size=t.batch_size, optim=t.optim, mixing=mixing,
         seed=derive_seed(p.seed, "tune"), storage_path=run_state_uri(p), num_workers=t.num_workers,
         cpus_per_worker=t.cpus_per_worker, use_gpu=t.use_gpu, init_weights=weights,
-        val_batch_size=p.evaluate.batch_size, deterministic=t.deterministic, params_key="tune",
+        val_batch_size=p.evaluate.batch_size, deterministic=t.deterministic, params_key="tune", **data.job_fields(p),
     )
     points = grid(t.methods, t.alphas, {m: MixingSpec.from_params(p.mixing, method=m).options for m in t.methods}, t.seeds)
     with run_lock(template.storage_path, name, "tune"), stage_ray(p) as connection:
         template = replace(template, **connection.waits(p.ray))
+        data = data.reachable(p, connection)
         outcomes = run_sweep(
-            template, points, train, val, experiment_name=name, grace_period=t.grace_period,
+            template, points, data.train, data.val, experiment_name=name, grace_period=t.grace_period,
             reduction_factor=t.reduction_factor, max_concurrent_trials=t.max_concurrent_trials,
         )
 
     task = get_task(card.task)
     score = task.score_column
     interval_seed = bootstrap_seed(p.seed, "val")
+    val = data.val.normalised() if isinstance(data.val, ArrayDataset) else read_prepared(p.paths.prepared, "val")
     rows = []
     for o in outcomes:
         directory = storage.join(p.paths.trials, o.point.name)

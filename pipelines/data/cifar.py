@@ -68,7 +68,7 @@ def _members(source: str, folder: str, names: list[str]) -> dict[str, bytes]:
 
 
 def load_cifar(name: str, source: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """Images ``[N, 3, 32, 32]`` in [0, 1] (float32), labels (int64), classes; train files then test.
+    """Images ``[N, 3, 32, 32]`` as stored (uint8), labels (int64), classes; train files then test.
 
     Raises:
         DataError: missing files, a refused pickle global, or arrays of the wrong shape.
@@ -97,5 +97,4 @@ def load_cifar(name: str, source: str) -> tuple[np.ndarray, np.ndarray, int]:
                             f"[0, {classes}) ({outside.size} such rows); is it {name}?")
         xs.append(pixels.reshape(-1, 3, 32, 32))
         ys.append(labels)
-    x = np.concatenate(xs).astype(np.float32) / np.float32(255.0)
-    return x, np.concatenate(ys), classes
+    return np.concatenate(xs), np.concatenate(ys), classes

@@ -6,7 +6,6 @@ Every loader is called as ``loader(source=..., seed=..., **data.options)`` and r
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Sequence
 from typing import Annotated
@@ -106,7 +105,7 @@ def _cifar(name: str, source: str | None) -> ArrayDataset:
 @DATASETS.register("cifar10")
 def load_cifar10(source: str | None = None, seed: int = 0) -> ArrayDataset:
     """CIFAR-10 (Krizhevsky 2009) from ``cifar-10-python.tar.gz`` or its folder at ``source``:
-    the 50k training and 10k test images together, ``(60000, 3, 32, 32)`` in [0, 1]."""
+    the 50k training and 10k test images together, ``(60000, 3, 32, 32)`` uint8 (normalised where used)."""
     return _cifar("cifar10", source)
 
 
@@ -122,7 +121,7 @@ def load_image_folder(
 ) -> ArrayDataset:
     """A user's images in torchvision's ``ImageFolder`` layout (``<source>/<class>/<image>.png``,
     PNG or JPEG, at any fsspec URL), decoded with Pillow (:mod:`pipelines.data.image_folder`):
-    ``(N, C, H, W)`` in [0, 1], classes numbered in sorted order.
+    ``(N, C, H, W)`` uint8 (normalised where used), classes numbered in sorted order.
 
     Args:
         mode: ``RGB`` (3 channels) or ``L`` (grey, 1 channel).
@@ -133,8 +132,7 @@ def load_image_folder(
     pixels, labels, classes = load_images(_needs_source("image_folder", source), mode, size)
     if len(classes) < 2:
         raise DataError(f"data.source: {source} has one class folder ({classes[0]!r}); a classifier needs two or more")
-    x = pixels.astype(np.float32) / np.float32(255.0)
-    return ArrayDataset(x=x, y=labels, ids=np.arange(len(labels), dtype=np.int64), num_classes=len(classes))
+    return ArrayDataset(x=pixels, y=labels, ids=np.arange(len(labels), dtype=np.int64), num_classes=len(classes))
 
 
 @DATASETS.register("parquet")
@@ -144,7 +142,8 @@ def load_parquet(
     num_classes: Annotated[int, Field(ge=2)] | None = None, id_column: str | None = None,
 ) -> ArrayDataset:
     """A user's Parquet table at any fsspec URL: one list-of-numbers column of inputs, one
-    integer label column, optionally a sample-id column.
+    integer label column, optionally a sample-id column. A list of uint8 (image pixels) stays
+    uint8; any other numbers become float32.
 
     Args:
         x_column, y_column, id_column: column names (``data.options``).
@@ -157,7 +156,9 @@ def load_parquet(
     """
     url = _needs_source("parquet", source)
     try:
-        arrow = pq.read_table(io.BytesIO(storage.read_bytes(url)))
+        fs, path = storage.filesystem(url)
+        with fs.open(path, "rb") as handle:  # not read into bytes first: the table alone may be GBs
+            arrow = pq.read_table(handle)
     except FileNotFoundError:
         raise DataError(f"data.source: no file at {url}") from None
     except (pa.ArrowException, OSError) as error:  # not Parquet, or a corrupt page (ZSTD) in one
@@ -165,14 +166,17 @@ def load_parquet(
     missing = [c for c in (x_column, y_column, id_column) if c is not None and c not in arrow.column_names]
     if missing:
         raise DataError(f"{url}: no column(s) {missing}; the table has {arrow.column_names} (set data.options.x_column / y_column)")
+    source_type = arrow.schema.field(x_column).type
+    uint8 = pa.types.is_list(source_type) and source_type.value_type == pa.uint8()
+    element = pa.uint8() if uint8 else pa.float32()
     try:
-        table = pa.table({"x": arrow[x_column].cast(pa.list_(pa.float32())), "y": arrow[y_column].cast(pa.int64())})
+        table = pa.table({"x": arrow[x_column].cast(pa.list_(element)), "y": arrow[y_column].cast(pa.int64())})
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise DataError(
             f"{url}: {x_column!r} must be a list of numbers and {y_column!r} integer labels; "
             f"got {arrow.schema.field(x_column).type} and {arrow.schema.field(y_column).type} ({error})"
         ) from None
-    tables.validate(table, tables.USER_DATASET, url)
+    tables.validate(table, tables.USER_DATASET_UINT8 if uint8 else tables.USER_DATASET, url)
     elements = pc.list_flatten(table["x"])
     if elements.null_count:
         parents = pc.list_parent_indices(table["x"])
@@ -182,7 +186,9 @@ def load_parquet(
             f"{url}: row {row} of {x_column!r} holds a null element ({elements.null_count} nulls in all); "
             "drop or repair those rows"
         )
-    flat = np.array(table["x"].combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    # chunk by chunk: one list<uint8> array over 2**31 values (175k 64x64 RGB images) overflows its int32 offsets
+    flat = np.concatenate([np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=element.to_pandas_dtype())
+                           for chunk in table["x"].chunks] or [np.empty(0, element.to_pandas_dtype())])
     rows = table.num_rows
     width = flat.size // max(rows, 1)
     shape = tuple(int(d) for d in shape) if shape is not None else (1, width)

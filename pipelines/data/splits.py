@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipelines.data.dataset import ArrayDataset
+from pipelines.data.dataset import ArrayDataset, Normalisation
 from pipelines.errors import DataError
 from pipelines.seeding import numpy_generator
 
@@ -63,19 +63,43 @@ def stratified_split(
     return Splits(**{name: dataset.subset(idx) for name, idx in index.items()})
 
 
-def channel_stats(dataset: ArrayDataset) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation over samples and positions (float64)."""
-    axes = (0, *range(2, dataset.x.ndim))
-    mean = dataset.x.mean(axis=axes, dtype=np.float64)
-    std = dataset.x.std(axis=axes, dtype=np.float64)
+def channel_stats(dataset: ArrayDataset, chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation over samples and positions (float64).
+
+    Integer inputs (uint8 images) are summed exactly in int64, ``chunk_rows`` rows at a time, so
+    that 400k images need no float64 copy of the whole split; float inputs use numpy's pairwise
+    sums over the whole array.
+    """
+    x = dataset.x
+    if np.issubdtype(x.dtype, np.integer):
+        channels = x.shape[1]
+        total = np.zeros(channels, dtype=np.int64)
+        squares = np.zeros(channels, dtype=np.int64)  # 255**2 * 2**40 values still fit in int64
+        for start in range(0, len(x), chunk_rows):
+            block = x[start : start + chunk_rows].astype(np.int64).swapaxes(0, 1).reshape(channels, -1)
+            total += block.sum(axis=1)
+            squares += (block * block).sum(axis=1)
+        count = x.size // channels
+        mean = total / count
+        # exact integer moments: the subtraction below loses nothing that matters at these scales
+        std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+        return mean, np.where(std > 0, std, 1.0)
+    axes = (0, *range(2, x.ndim))
+    mean = x.mean(axis=axes, dtype=np.float64)
+    std = x.std(axis=axes, dtype=np.float64)
     return mean, np.where(std > 0, std, 1.0)
+
+
+def normalisation(dataset: ArrayDataset) -> Normalisation:
+    """The train split's per-channel statistics, as applied to every split's raw inputs."""
+    mean, std = channel_stats(dataset)
+    return Normalisation(tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
 def normalise(dataset: ArrayDataset, mean: np.ndarray, std: np.ndarray) -> ArrayDataset:
     """``(x - mean) / std`` per channel, in float32."""
-    shape = (1, -1) + (1,) * (dataset.x.ndim - 2)
-    x = ((dataset.x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
-    return replace(dataset, x=x)
+    stats = Normalisation(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    return replace(dataset, x=stats.apply(dataset.x), normalisation=None)
 
 
 def target_stats(dataset: ArrayDataset) -> tuple[float, float]:

@@ -18,7 +18,7 @@ import torch
 from pipelines import storage, tables
 from pipelines.cluster.resources import Demand, autoscaler_ceiling, ensure_feasible, free_for, queue_notice
 from pipelines.cluster.session import scoped_env
-from pipelines.data import ArrayDataset, MixedDataset
+from pipelines.data import ArrayDataset, StoredSplit
 from pipelines.errors import ClusterError, ConfigError, DataError, TrainingDiverged
 from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
@@ -46,7 +46,7 @@ class TrainOutcome:
     checkpoint_path: str
 
 
-def check_fits(job: TrainJob, train: ArrayDataset) -> None:
+def check_fits(job: TrainJob, train: ArrayDataset | StoredSplit) -> None:
     """Fail before Ray starts: too few samples for a batch, a loss for the other task, or mix
     points the model lacks."""
     if train.task != job.card.task:
@@ -89,6 +89,33 @@ def cluster_worker_setup(job: TrainJob) -> tuple[DevicePlan, dict[str, float], s
     return setup
 
 
+def cpus_left_for_reads(job: TrainJob, per_worker: dict[str, float], groups: int = 1) -> tuple[float, float]:
+    """CPUs of the cluster (now, or once its autoscaler has grown it) left beside ``groups`` worker
+    groups of ``job``, and the cluster's CPUs."""
+    import ray
+
+    ceiling = autoscaler_ceiling() or {}
+    total = max(ray.cluster_resources().get("CPU", 0.0), ceiling.get("CPU", 0.0))
+    return total - groups * job.num_workers * per_worker.get("CPU", 0.0), total
+
+
+def check_read_cpus(job: TrainJob, per_worker: dict[str, float], groups: int = 1) -> None:
+    """Streaming needs CPU beside the worker groups for Ray Data's read tasks: workers that hold
+    every CPU starve the reads, and the run hangs (the known Ray Data and Train pitfall).
+
+    Raises:
+        ConfigError: naming ``<params_key>.cpus_per_worker``, when less than ``input.read_cpus`` is left.
+    """
+    left, total = cpus_left_for_reads(job, per_worker, groups)
+    if left < job.read_cpus:
+        raise ConfigError(
+            f"{job.params_key}.cpus_per_worker: {groups * job.num_workers} worker(s) x {per_worker.get('CPU', 0.0):g} CPU "
+            f"leave {max(left, 0):g} of the cluster's {total:g} CPUs for streaming reads, which need "
+            f"input.read_cpus={job.read_cpus:g}; lower {job.params_key}.cpus_per_worker (a fraction works) or set "
+            "input.mode: memory"
+        )
+
+
 def worker_demand(job: TrainJob, per_worker: dict[str, float]) -> Demand:
     """The worker group ``job`` asks the cluster for, named by its params."""
     return Demand(f"{job.params_key}.num_workers: {job.num_workers} worker(s)", per_worker, job.num_workers)
@@ -113,7 +140,9 @@ def _first_failure(error: Exception) -> str:
     return f"{type(cause).__name__}: {last}"[:400]
 
 
-def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callbacks: Sequence[Any] = ()) -> TrainOutcome:
+def run_training(
+    job: TrainJob, train: ArrayDataset | StoredSplit, val: ArrayDataset | StoredSplit, callbacks: Sequence[Any] = (),
+) -> TrainOutcome:
     """Run ``job`` on the connected Ray cluster and return its final checkpoint's contents.
 
     A worker group the cluster cannot hold fails before anything waits (after up to
@@ -124,9 +153,11 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
 
     Args:
         job: the run; its ``run_name`` decides whether an earlier run is resumed.
-        train: training split (sharded per rank inside the loop); a :class:`MixedDataset` (offline
-            shards) trains on its mixed inputs and label pairs, without mixing again.
-        val: validation split (evaluated every epoch, shared across ranks).
+        train: training split (sharded per rank inside the loop): in memory (raw inputs, sent to
+            every worker), or a :class:`StoredSplit` every worker streams through Ray Data. A
+            :class:`MixedDataset` (offline shards) trains on its mixed inputs and label pairs,
+            without mixing again.
+        val: validation split (evaluated every epoch, shared across ranks), held as ``train`` is.
         callbacks: Ray Train callbacks.
 
     Raises:
@@ -142,10 +173,12 @@ def run_training(job: TrainJob, train: ArrayDataset, val: ArrayDataset, callback
     plan, per_worker, backend = cluster_worker_setup(job)
     demand = worker_demand(job, per_worker)
     ensure_feasible(demand, job.resource_wait_s)
-    arrays = {"x_train": train.x, "y_train": train.y, "x_val": val.x, "y_val": val.y}
-    if isinstance(train, MixedDataset):
-        arrays.update(y_partner_train=train.y_partner, lam_train=train.lam)
-    data = ray.put(arrays)
+    streamed = isinstance(train, StoredSplit)
+    if streamed != isinstance(val, StoredSplit):
+        raise TypeError("train and val must both be in memory or both be streamed")
+    if streamed:
+        check_read_cpus(job, per_worker)
+    data = (train, val) if streamed else ray.put((train, val))
     filesystem, storage_path = storage.arrow_filesystem(job.storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -43,6 +43,10 @@ class TrainJob:
             all its trials, and hands them the decided ``use_gpu``).
         val_batch_size: rows per forward of the per-epoch validation (``evaluate.batch_size``).
         deterministic: deterministic kernels only (:mod:`pipelines.training.determinism`).
+        part_rows: rows of each part of the prepared train split, whose order the epochs follow
+            on both input paths (None: the split is one part).
+        window_rows: rows per shuffle window of an epoch (None: one window, a full shuffle).
+        read_cpus: CPUs each Ray Data read task reserves when the splits are streamed.
     """
 
     run_name: str
@@ -68,6 +72,9 @@ class TrainJob:
     report_devices: bool = True
     val_batch_size: int = 512
     deterministic: bool = False
+    part_rows: tuple[int, ...] | None = None
+    window_rows: int | None = None
+    read_cpus: float = 0.5
 
     @property
     def last_epoch(self) -> int:

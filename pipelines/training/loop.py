@@ -9,6 +9,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from pipelines.mixing import Mixer, MixedLoss, MixOutput, mixing_hidden
 from pipelines.models import build_model, mix_points, plain_state_dict
 from pipelines.seeding import torch_generator
 from pipelines.tasks import CLASSIFICATION, Task, get_task
-from pipelines.data import contiguous_share
-from pipelines.training.batching import mixing_seed, rank_batches
+from pipelines.data import MixedDataset, StoredSplit
+from pipelines.training.batching import mixing_seed
+from pipelines.training.inputs import MemoryInput, StreamedInput
 from pipelines.training.determinism import use_deterministic_kernels
 from pipelines.training.job import TrainJob
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
@@ -30,6 +32,7 @@ from pipelines.training.state import TrainState, load_train_state, save_train_st
 
 
 log = logging.getLogger("mixpipe.train")
+TrainInput = MemoryInput | StreamedInput
 
 
 def _quiet_ray_worker_logs() -> None:
@@ -52,24 +55,21 @@ def _sum_across_ranks(values: list[float], device: torch.device) -> list[float]:
 
 @torch.no_grad()
 def validate(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, task: Task = CLASSIFICATION,
-    batch_size: int = 512,
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], task: Task = CLASSIFICATION,
 ) -> list[float]:
     """The task's validation sums (:meth:`Task.validation_sums`) over this rank's share of the
-    validation set, ``batch_size`` rows per forward; summed across ranks, :meth:`Task.summarise`
-    makes them (val_loss, val_score).
+    validation set, given as ``batches`` (``evaluate.batch_size`` rows per forward, at least one
+    batch); summed across ranks, :meth:`Task.summarise` makes them (val_loss, val_score).
 
     In the model's own precision, without autocast: the numbers that prune trials and pick the
     best one are the numbers the evaluate stage would report.
     """
     model.eval()
-    share = contiguous_share(len(x), world, rank)
-    xs, ys = x[share], y[share]
     totals: list[float] = []
-    for start in range(0, len(xs), batch_size):
-        sums = task.validation_sums(model(xs[start : start + batch_size]), ys[start : start + batch_size])
+    for inputs, labels in batches:
+        sums = task.validation_sums(model(inputs), labels)
         totals = [a + b for a, b in zip(totals, sums, strict=True)] if totals else sums
-    return totals or task.validation_sums(model(xs), ys)  # an empty share still yields the sums' shape
+    return totals
 
 
 @dataclass(frozen=True)
@@ -129,17 +129,6 @@ class StepMixing:
         )
 
 
-def to_device(values: np.ndarray, device: torch.device, precision: str = "float32") -> torch.Tensor:
-    """An array on ``device``, floating point in ``precision``: for CUDA, staged through pinned
-    host memory and copied without blocking the host (the copy overlaps the model's build)."""
-    host = torch.from_numpy(np.ascontiguousarray(values)) if values.flags.writeable else torch.tensor(values)
-    if host.is_floating_point():
-        host = host.to(getattr(torch, precision))
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
-
-
 def diverged_marker(job: TrainJob) -> str:
     """Where rank 0 leaves the record of the epoch whose loss stopped being finite (Ray Train's
     result only carries the metrics of a run's last checkpoint)."""
@@ -147,26 +136,41 @@ def diverged_marker(job: TrainJob) -> str:
 
 
 def train_epoch(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, mixing: StepMixing, x: torch.Tensor, y: torch.Tensor,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, mixing: StepMixing, data: TrainInput,
     job: TrainJob, rank: int, world: int, epoch: int, use_amp: bool,
 ) -> tuple[float, int]:
-    """One epoch over this rank's batches; returns (sum of batch losses x batch sizes, samples).
+    """One epoch over this rank's batches of ``data``; returns (sum of batch losses x batch sizes, samples).
 
-    Needs no Ray: the benchmark runs it in a plain process as the baseline of the Ray worker.
+    Needs no Ray for data in memory: the benchmark runs it in a plain process as the baseline of
+    the Ray worker.
     """
     model.train()
     loss_sum, seen = 0.0, 0
-    for step, index in enumerate(rank_batches(len(x), job.batch_size, world, rank, job.seed, epoch)):
-        index = index.to(x.device)
-        inputs, labels = x[index], y[index]
-        generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), x.device)
-        loss = mixing.batch_loss(model, inputs, labels, index, generator, use_amp)
+    for step, (inputs, labels, rows) in enumerate(data.train_batches(job.batch_size, world, rank, job.seed, epoch)):
+        generator = torch_generator(mixing_seed(job.seed, rank, epoch, step), inputs.device)
+        loss = mixing.batch_loss(model, inputs, labels, rows, generator, use_amp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(index)
-        seen += len(index)
+        loss_sum += loss.item() * len(labels)
+        seen += len(labels)
     return loss_sum, seen
+
+
+def worker_inputs(
+    job: TrainJob, data: Any, device: torch.device,
+) -> tuple[TrainInput, TrainInput, dict[str, np.ndarray]]:
+    """This worker's train and val inputs from what the driver sent, and the offline label pairs
+    (``y_partner_train``/``lam_train``) when training on shards."""
+    import ray
+
+    if isinstance(data, tuple) and all(isinstance(d, StoredSplit) for d in data):
+        train, val = (StreamedInput(s, device, job.precision, job.window_rows or s.rows, job.read_cpus) for s in data)
+        return train, val, {}
+    train, val = ray.get(data)
+    arrays = {"y_partner_train": train.y_partner, "lam_train": train.lam} if isinstance(train, MixedDataset) else {}
+    return (MemoryInput.of(train, device, job.precision, job.part_rows, job.window_rows),
+            MemoryInput.of(val, device, job.precision), arrays)
 
 
 def start_attempt(job: TrainJob) -> int:
@@ -180,26 +184,22 @@ def start_attempt(job: TrainJob) -> int:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. ``config`` holds ``job`` (a :class:`TrainJob`) and ``data``
-    (an object ref to the train/val arrays, plus ``y_partner_train``/``lam_train`` when the
-    training rows come mixed from shards)."""
+    """Runs on every Ray Train worker. ``config`` holds ``job`` (a :class:`TrainJob`) and ``data``:
+    an object ref to the train and val :class:`ArrayDataset` (raw inputs; the train one a
+    :class:`MixedDataset` when the rows come mixed from shards), or the two :class:`StoredSplit`
+    to stream."""
     import ray
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
     _quiet_ray_worker_logs()
     job: TrainJob = config["job"]
-    arrays: dict[str, np.ndarray] = ray.get(config["data"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = get_device()
 
     use_deterministic_kernels(job.deterministic)
-
-    def tensor(values: np.ndarray) -> torch.Tensor:
-        return to_device(values, device, job.precision)
-
-    x_train, y_train, x_val, y_val = (tensor(arrays[k]) for k in ("x_train", "y_train", "x_val", "y_val"))
+    train_data, val_data, arrays = worker_inputs(job, config["data"], device)
 
     card = job.card
     task = get_task(card.task)
@@ -228,8 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)
-        loss_sum, seen = train_epoch(model, optimizer, mixing, x_train, y_train, job, rank, world, epoch, use_amp)
-        val_sums = validate(model, x_val, y_val, rank, world, task, job.val_batch_size)
+        loss_sum, seen = train_epoch(model, optimizer, mixing, train_data, job, rank, world, epoch, use_amp)
+        val_sums = validate(model, val_data.val_batches(world, rank, job.val_batch_size), task)
         totals = _sum_across_ranks([loss_sum, seen, *val_sums], device)
         val_loss, val_score = task.summarise(totals[2:])
         seconds = time.perf_counter() - started

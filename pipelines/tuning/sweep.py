@@ -31,13 +31,13 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.cluster.resources import alive_node_resources, autoscaler_ceiling, ensure_feasible, placeable
-from pipelines.data import ArrayDataset
+from pipelines.data import ArrayDataset, StoredSplit
 from pipelines.errors import MixpipeError
 from pipelines.mixing.spec import freeze
 from pipelines.seeding import derive_seed
 from pipelines.tasks import get_task
 from pipelines.training import TrainJob, run_training
-from pipelines.training.driver import cluster_worker_setup, worker_demand
+from pipelines.training.driver import check_read_cpus, cluster_worker_setup, cpus_left_for_reads, worker_demand
 from pipelines.training.state import load_train_state
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
@@ -158,7 +158,9 @@ def read_rung_result(url: str) -> RungResult | None:
         raise MixpipeError(f"tune: {url} is not a sweep ledger entry ({error!r}); delete it to re-run that trial") from None
 
 
-def _run_trial(config: dict[str, Any], template: TrainJob, sweep_path: str, train: ArrayDataset, val: ArrayDataset) -> None:
+def _run_trial(
+    config: dict[str, Any], template: TrainJob, sweep_path: str, train: ArrayDataset | StoredSplit, val: ArrayDataset | StoredSplit,
+) -> None:
     from ray import tune
 
     point, epochs = TrialPoint(**config["point"]), int(config["epochs"])
@@ -172,10 +174,11 @@ def _run_trial(config: dict[str, Any], template: TrainJob, sweep_path: str, trai
     tune.report({"val_score": result.val_score, "val_loss": result.val_loss, "epochs": result.epochs})
 
 
-def _concurrency(template: TrainJob, wanted: int) -> int:
+def _concurrency(template: TrainJob, wanted: int, streamed: bool = False) -> int:
     """Trials at once: as many as asked, but no more worker groups than the cluster holds together,
     now or once its autoscaler has added what its node types offer (a trial whose Train run cannot
-    start would time out instead of queueing)."""
+    start would time out instead of queueing); streamed, fewer if need be to leave
+    ``input.read_cpus`` for the reads."""
     _, per_worker, _ = cluster_worker_setup(template)
     demand = worker_demand(template, per_worker)
     ensure_feasible(demand, template.resource_wait_s)
@@ -183,7 +186,12 @@ def _concurrency(template: TrainJob, wanted: int) -> int:
     ceiling = autoscaler_ceiling()
     if ceiling is not None:
         groups = max(groups, min(int(ceiling.get(key, 0.0) // amount) for key, amount in demand.total.items() if amount > 0))
-    return max(1, min(wanted, groups))
+    groups = max(1, min(wanted, groups))
+    if streamed:
+        while groups > 1 and cpus_left_for_reads(template, per_worker, groups)[0] < template.read_cpus:
+            groups -= 1
+        check_read_cpus(template, per_worker, groups)
+    return groups
 
 
 def _progress_lines(rung: int, epochs: int, total: int) -> Any:
@@ -221,7 +229,7 @@ def _progress_lines(rung: int, epochs: int, total: int) -> Any:
 
 def _run_rung(
     template: TrainJob, sweep_path: str, points: list[TrialPoint], epochs: int, rung: int,
-    train: ArrayDataset, val: ArrayDataset, max_concurrent_trials: int,
+    train: ArrayDataset | StoredSplit, val: ArrayDataset | StoredSplit, max_concurrent_trials: int,
 ) -> None:
     from ray import tune
 
@@ -237,7 +245,7 @@ def _run_rung(
     tuner = tune.Tuner(
         trainable,
         param_space={"point": tune.grid_search([asdict(p) for p in points]), "epochs": epochs},
-        tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(template, max_concurrent_trials)),
+        tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(template, max_concurrent_trials, isinstance(train, StoredSplit))),
         run_config=tune.RunConfig(name=f"rung-{rung}", storage_path=tune_storage, storage_filesystem=tune_filesystem,
                                   verbose=0, callbacks=[_progress_lines(rung, epochs, len(points))]),
     )
@@ -249,8 +257,8 @@ def _run_rung(
 def run_sweep(
     template: TrainJob,
     points: list[TrialPoint],
-    train: ArrayDataset,
-    val: ArrayDataset,
+    train: ArrayDataset | StoredSplit,
+    val: ArrayDataset | StoredSplit,
     *,
     experiment_name: str,
     grace_period: int,

@@ -170,7 +170,7 @@ def test_dvc_repro_runs_each_ray_stage_as_one_job(repro, cluster, s3, secret, tm
     out = result.stdout
     for stage in RAY_STAGES:
         assert re.search(rf"{re.escape(stage)}: job mixpipe-{re.escape(stage.replace('@', '-'))}-\w+ SUCCEEDED", out), stage
-    for path in ["data/prepared/train.parquet", "data/shards/mixup/manifest.json", "models/base/model.safetensors",
+    for path in ["data/prepared/train/manifest.json", "data/shards/mixup/manifest.json", "models/base/model.safetensors",
                  "models/trials", "models/merged", "results/evaluation.parquet", "report/index.html", "metrics.json",
                  "dvclive/train/metrics.json"]:
         assert (workspace / path).exists(), path
@@ -204,7 +204,7 @@ def test_dvc_repro_runs_each_ray_stage_as_one_job(repro, cluster, s3, secret, tm
     local = make_workspace(tmp_path, {key: value for key, value in JOB_PARAMS.items() if key != "storage"})
     run(local, sys.executable, "-m", "stages.prepare")
     run(local, sys.executable, "-m", "stages.augment", "mixup")
-    for name in ["data/prepared/train.parquet", "data/prepared/test.parquet", "data/shards/mixup/manifest.json",
+    for name in ["data/prepared/train/part-00000.parquet", "data/prepared/test/manifest.json", "data/shards/mixup/manifest.json",
                  *(f"data/shards/mixup/part-{index:05d}.parquet" for index in range(4))]:
         assert (workspace / name).read_bytes() == (local / name).read_bytes(), name
 
@@ -366,6 +366,18 @@ def test_driver_mode_trains_on_both_nodes_with_run_state_in_the_store(cluster, s
     assert history["epoch"].tolist() == [1] and set(history["world_size"]) == {2}
     assert store_fs(s3).exists(f"{BUCKET}/store/ray/{run_name}")
     assert not (workspace / ".mixpipe").exists()
+
+    # streamed: the nodes cannot read this workspace's splits, so the driver copies them to the
+    # store once and the workers read them there through Ray Data; the same batches, the same run
+    streaming = yaml.safe_load((workspace / "params.yaml").read_text())
+    streaming["input"]["mode"], streaming["train"]["cpus_per_worker"] = "stream", 0.5  # CPU left for the reads
+    (workspace / "params.yaml").write_text(yaml.safe_dump(streaming, sort_keys=False))
+    streamed = run(workspace, sys.executable, "-m", "stages.train", env={**s3, **cluster.env()})
+    assert "train streams its splits through Ray Data" in streamed.stderr
+    assert store_fs(s3).glob(f"{BUCKET}/store/splits/*/train/manifest.json")
+    again = tables.read_table(str(workspace / "results/train_history.parquet"), "train_history")
+    assert again["train_loss"].tolist() == history["train_loss"].tolist()
+    assert again["val_loss"].tolist() == history["val_loss"].tolist()
 
 
 def test_submit_reports_a_job_and_submits_a_failed_id_again(cluster, tmp_path):

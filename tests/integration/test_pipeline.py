@@ -36,7 +36,7 @@ def workspace(tmp_path_factory):
 
 
 def test_prepare_writes_stratified_validated_splits(workspace):
-    splits = {name: read_split(str(workspace / "data/prepared" / f"{name}.parquet")) for name in ("train", "val", "test")}
+    splits = {name: read_split(str(workspace / "data/prepared" / name)).normalised() for name in ("train", "val", "test")}
     assert {n: len(s) for n, s in splits.items()} == {"train": 1259, "val": 269, "test": 269}
     ids = [set(s.ids.tolist()) for s in splits.values()]
     assert set.union(*ids) == set(range(1797)) and sum(map(len, ids)) == 1797

@@ -80,15 +80,23 @@ def test_local_instance_is_loopback_only_and_every_process_knows_its_address(ray
     assert ray.get(spawn.remote()) == (ray_local.address, 1)
 
 
-def test_shard_tasks_write_what_the_direct_path_writes(ray_local, splits):
+def test_shard_tasks_read_their_rows_and_write_what_the_direct_path_writes(ray_local, splits, tmp_path):
+    """Each task reads only its share of the stored split (here across part boundaries: parts of
+    100 rows, shards of 420) and writes its shard itself."""
+    from pipelines import storage
+    from pipelines.data import write_split
+
     train, _ = splits
+    stored = write_split(str(tmp_path / "train"), train, part_mib=100 * 64 * 4 / (1 << 20))
+    assert stored.part_rows[:2] == [100, 100]
     spec = MixingSpec("cutmix", alpha=1.0)
-    shards = build_shards(train, spec, num_shards=3, seed=5)
+    shards = build_shards(stored, spec, num_shards=3, seed=5, out=str(tmp_path / "shards"))
     assert [s.rows for s in shards] == [420, 420, 419]
     for i, shard in enumerate(shards):
         part = train.subset(np.arange(len(train))[contiguous_share(len(train), 3, i)])
-        assert shard.seed == shard_seed(5, "cutmix", i)
-        assert shard.data == mix_shard(part, spec, shard.seed)
+        data = (tmp_path / "shards" / shard.file).read_bytes()
+        assert shard.seed == shard_seed(5, "cutmix", i) and shard.sha256 == storage.sha256_bytes(data)
+        assert data == mix_shard(part, spec, shard.seed)
 
 
 def socket_owners() -> dict[str, str]:

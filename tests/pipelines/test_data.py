@@ -1,10 +1,18 @@
+from dataclasses import replace
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipelines.data import (
     DATASETS,
     ArrayDataset,
     channel_stats,
+    normalisation,
+    open_split,
+    read_rows,
     contiguous_share,
     dataset_task,
     load_dataset,
@@ -104,7 +112,9 @@ def sources(tmp_path_factory):
 def test_registry_datasets_are_well_formed(name, sources):
     source, options = sources.get(name, (None, {}))
     dataset = load_dataset(name, source, seed=0, options=options)
-    assert dataset.x.dtype == np.float32 and dataset.x.ndim >= 3
+    # images keep their source's uint8; everything else is float32
+    assert dataset.x.dtype == (np.uint8 if name in ("cifar10", "cifar100", "image_folder") else np.float32)
+    assert dataset.x.ndim >= 3
     assert len(np.unique(dataset.ids)) == len(dataset)
     assert dataset_task(name) == dataset.task
     if dataset.task == "regression":
@@ -154,15 +164,66 @@ def test_normalise_uses_the_given_statistics(digits):
 
 def test_split_round_trip_is_exact(tmp_path, digits):
     part = digits.subset(np.arange(0, 1797, 7))
-    url = str(tmp_path / "train.parquet")
+    url = str(tmp_path / "train")
     write_split(url, part, {"split": "train"})
     back = read_split(url)
     assert np.array_equal(back.x, part.x) and np.array_equal(back.y, part.y) and np.array_equal(back.ids, part.ids)
     assert back.num_classes == 10 and back.x.flags.writeable
 
 
+def uint8_images(rows=300, shape=(3, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (rows, *shape), dtype=np.uint8)
+    return ArrayDataset(x, np.arange(rows) % 10, np.arange(100, 100 + rows), 10)
+
+
+def test_uint8_splits_round_trip_exactly_in_parts_of_bounded_size(tmp_path):
+    images = uint8_images()
+    stats = normalisation(images)
+    ready = replace(images, normalisation=stats)
+    part_mib = 40 * 192 / (1 << 20)  # 40 rows of 3x8x8 bytes per part
+    stored = write_split(str(tmp_path / "train"), ready, {"split": "train"}, part_mib=part_mib)
+    assert stored.part_rows == [40] * 7 + [20] and stored.dtype == "uint8" and stored.nbytes == 300 * 192
+    for index, part in enumerate(stored.parts):
+        arrow = pq.read_table(tmp_path / "train" / part.file)
+        assert arrow.schema.field("x").type == pa.list_(pa.uint8())  # stored as the source has it: a byte per value
+        assert pq.ParquetFile(tmp_path / "train" / part.file).metadata.num_rows == stored.part_rows[index]
+    back = read_split(str(tmp_path / "train"))
+    assert back.x.dtype == np.uint8 and np.array_equal(back.x, images.x) and np.array_equal(back.ids, images.ids)
+    assert back.normalisation == stats
+    rows = read_rows(open_split(str(tmp_path / "train")), slice(35, 85))  # spans parts 0 to 2
+    assert np.array_equal(rows.x, images.x[35:85]) and np.array_equal(rows.ids, images.ids[35:85])
+    # normalisation on read is the float64 formula rounded once, the one the device applies too
+    expected = ((images.x.astype(np.float64) - np.array(stats.mean)[None, :, None, None])
+                / np.array(stats.std)[None, :, None, None]).astype(np.float32)
+    assert np.array_equal(back.normalised().x, expected)
+    assert np.array_equal(stats.apply_torch(torch.from_numpy(images.x)).numpy(), expected)
+    # a rewrite with larger parts leaves no stale part behind
+    write_split(str(tmp_path / "train"), ready, part_mib=1)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["manifest.json", "part-00000.parquet"]
+
+
+def test_uint8_channel_statistics_are_exact(tmp_path):
+    images = uint8_images(rows=257)
+    mean, std = channel_stats(images, chunk_rows=10)  # the integer path, chunked
+    wide = images.x.astype(np.float64)
+    assert np.allclose(mean, wide.mean(axis=(0, 2, 3)), rtol=1e-15, atol=0)
+    # float64 moments of integers below 2**53: the std agrees with numpy's two-pass one to rounding
+    assert np.allclose(std, wide.std(axis=(0, 2, 3)), rtol=1e-12, atol=0)
+
+
+def test_a_changed_part_or_missing_manifest_fails_naming_the_file(tmp_path):
+    stored = write_split(str(tmp_path / "train"), uint8_images(), part_mib=100 * 192 / (1 << 20))
+    (tmp_path / "train" / stored.parts[1].file).write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"train/part-00001.parquet: sha256 differs from the split manifest's"):
+        read_split(str(tmp_path / "train"))
+    assert len(read_rows(stored, slice(0, 100))) == 100  # rows of an intact part still read
+    with pytest.raises(DataError, match=r"missing/manifest.json: no split manifest; run the prepare stage"):
+        read_split(str(tmp_path / "missing"))
+
+
 def test_dataset_invariants():
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match="float32 or uint8"):
         ArrayDataset(np.zeros((2, 1), np.float64), np.zeros(2, np.int64), np.arange(2), 2)
     with pytest.raises(ValueError, match="labels must lie"):
         ArrayDataset(np.zeros((2, 1), np.float32), np.array([0, 5]), np.arange(2), 2)
@@ -207,9 +268,9 @@ def test_cifar_reads_the_python_archive_or_its_folder(tmp_path, archive):
     source, members = write_cifar(tmp_path, "cifar10", archive=archive)
     data = load_dataset("cifar10", source)
     order = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    expected = np.concatenate([members[m][b"data"] for m in order]).reshape(-1, 3, 32, 32) / np.float32(255)
-    assert data.x.shape == (30, 3, 32, 32) and data.x.dtype == np.float32
-    assert np.array_equal(data.x, expected.astype(np.float32))
+    expected = np.concatenate([members[m][b"data"] for m in order]).reshape(-1, 3, 32, 32)
+    assert data.x.shape == (30, 3, 32, 32) and data.x.dtype == np.uint8
+    assert np.array_equal(data.x, expected)
     assert data.y.tolist() == sum((members[m][b"labels"] for m in order), [])
     hundred = load_dataset("cifar100", write_cifar(tmp_path, "cifar100")[0])
     assert hundred.num_classes == 100 and len(hundred) == 102 and hundred.y[-2:].tolist() == [5, 7]
@@ -262,6 +323,14 @@ def test_parquet_tables_are_checked_with_clear_errors(tmp_path):
         load_dataset("parquet", text, options={"x_column": "x"})
 
 
+def test_a_parquet_source_of_bytes_stays_uint8(tmp_path):
+    pixels = np.arange(24, dtype=np.uint8).reshape(2, 12)
+    source = tmp_path / "bytes.parquet"
+    pq.write_table(pa.table({"x": pa.array(list(pixels), pa.list_(pa.uint8())), "label": [0, 1]}), source)
+    data = load_dataset("parquet", str(source), options={"shape": [3, 2, 2]})
+    assert data.x.dtype == np.uint8 and np.array_equal(data.x.reshape(2, 12), pixels)
+
+
 def test_diabetes_is_the_bundled_regression_set():
     diabetes = load_dataset("diabetes")
     assert diabetes.task == "regression" and diabetes.x.shape == (442, 10, 1)
@@ -284,8 +353,8 @@ def test_regression_splits_keep_the_target_distribution_and_standardise_with_tra
     mean, std = target_stats(splits.train)
     ready = standardise_targets(splits.train, mean, std)
     assert abs(ready.y.mean()) < 1e-6 and abs(ready.y.std() - 1) < 1e-5 and ready.y.dtype == np.float32
-    write_split(str(tmp_path / "train.parquet"), ready)
-    back = read_split(str(tmp_path / "train.parquet"))
+    write_split(str(tmp_path / "train"), ready)
+    back = read_split(str(tmp_path / "train"))
     assert back.task == "regression" and np.array_equal(back.y, ready.y) and back.num_classes == 1
     with pytest.raises(ValueError, match="regression targets must be finite"):
         ArrayDataset(ready.x[:2], np.array([0.0, np.nan], np.float32), ready.ids[:2], 1, task="regression")
@@ -297,9 +366,10 @@ def test_image_folder_reads_classes_in_sorted_order_with_exact_png_pixels(tmp_pa
     assert data.x.shape == (10, 3, 6, 5) and data.num_classes == 3
     # sorted paths: cat/0, cat/1, cat/deep/2, dog/0, dog/1, dog/deep/2, dog/photo.jpg, emu/...
     assert data.y.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
-    assert np.array_equal(data.x[0], written["cat/0.png"].transpose(2, 0, 1).astype(np.float32) / 255)
-    assert np.array_equal(data.x[5], written["dog/deep/2.png"].transpose(2, 0, 1).astype(np.float32) / 255)
-    jpeg = data.x[6] * 255
+    assert data.x.dtype == np.uint8
+    assert np.array_equal(data.x[0], written["cat/0.png"].transpose(2, 0, 1))
+    assert np.array_equal(data.x[5], written["dog/deep/2.png"].transpose(2, 0, 1))
+    jpeg = data.x[6].astype(np.int64)
     assert np.abs(jpeg - 200).max() <= 2  # JPEG is lossy: a flat grey comes back within two levels
     grey = load_dataset("image_folder", root, options={"mode": "L", "size": [3, 4]})
     assert grey.x.shape == (10, 1, 3, 4)

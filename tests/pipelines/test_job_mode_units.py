@@ -51,7 +51,7 @@ def test_a_stage_is_found_by_its_dvc_name_or_its_command():
     assert by_command.name == "augment@cutmix"
     assert by_command.outputs == ("data/shards/cutmix", "results/plots/augment/cutmix.png")
     assert find_stage(REPO / "dvc.yaml", values, [], dvc_name="train").inputs == (
-        "results/params_check.json", "data/prepared/train.parquet", "data/prepared/val.parquet", "data/shards")
+        "results/params_check.json", "data/prepared/train", "data/prepared/val", "data/shards")
     with pytest.raises(ConfigError, match="no stage whose command is 'python -m stages.augment nope'"):
         find_stage(REPO / "dvc.yaml", values, ["python", "-m", "stages.augment", "nope"])
 

@@ -105,7 +105,10 @@ def test_every_table_accepts_a_valid_row():
                                                   mse=[2.0], rmse=[2.0**0.5], mae=[1.0]).to_dict("list"),
     }
     rows.update(regression)
+    images = {"x": [np.arange(4, dtype=np.uint8)]}
+    rows.update(dataset_uint8={**rows["dataset"], **images}, dataset_regression_uint8={**rows["dataset_regression"], **images})
     assert rows.keys() == tables.TABLES.keys()
+    assert tables.dataset_spec("regression", np.uint8).name == "dataset_regression_uint8"
     assert tables.table_for("trials", "regression").name == "trials_regression"
     for name, row in rows.items():
         sink = io.BytesIO()

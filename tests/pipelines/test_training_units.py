@@ -26,6 +26,39 @@ def test_two_ranks_at_b_see_exactly_one_rank_at_2b():
         assert torch.equal(torch.cat([two[0][step], two[1][step]]), big)
 
 
+def test_two_ranks_at_b_see_one_rank_at_2b_over_parts_and_windows():
+    parts, window = [40, 40, 40, 21], 33
+    one = rank_batches(141, 8, 1, 0, seed=5, epoch=2, part_rows=parts, window_rows=window)
+    two = [rank_batches(141, 4, 2, r, seed=5, epoch=2, part_rows=parts, window_rows=window) for r in range(2)]
+    for step, big in enumerate(one):
+        assert torch.equal(torch.cat([two[0][step], two[1][step]]), big)
+
+
+def test_an_epoch_reads_whole_parts_in_a_seeded_order_and_shuffles_only_within_windows():
+    """What makes the order streamable: the stream is whole parts one after another, and each
+    window of the order holds exactly the stream's rows at those positions."""
+    import numpy as np
+
+    from pipelines.seeding import derive_seed, torch_generator
+    from pipelines.training.batching import epoch_plan
+
+    parts, window = [40, 40, 40, 21], 33
+    offsets = np.cumsum([0, *parts])
+    plans = [epoch_plan(parts, window, seed=9, epoch=e) for e in range(4)]
+    for plan in plans:
+        assert sorted(plan.part_order) == [0, 1, 2, 3]
+        assert plan.stream.tolist() == [r for p in plan.part_order for r in range(offsets[p], offsets[p + 1])]
+        order = plan.order
+        assert sorted(order.tolist()) == list(range(141))
+        for start in range(0, 141, window):
+            assert sorted(order[start : start + window].tolist()) == sorted(plan.stream[start : start + window].tolist())
+    assert len({plan.part_order for plan in plans}) > 1 and len({tuple(plan.order) for plan in plans}) == 4
+    # a split within one window is one permutation of all its rows: the order every split had
+    # before parts and windows, so small datasets train exactly as they did
+    whole = epoch_plan([141], 1000, seed=9, epoch=3).order
+    assert whole.tolist() == torch.randperm(141, generator=torch_generator(derive_seed(9, "epoch-order", 3))).tolist()
+
+
 def test_batches_are_disjoint_seeded_and_change_per_epoch():
     ranks = [rank_batches(100, 10, 3, r, seed=1, epoch=0) for r in range(3)]
     seen = torch.cat([torch.cat(b) for b in ranks])
@@ -230,31 +263,38 @@ def test_validation_in_batches_sums_to_the_one_pass_numbers():
     differ by summation order alone (each of ~300 terms below 20 in size, float64 eps 1.1e-16:
     a bound of 300 * 20 * 1.1e-16 < 1e-12 on the sum), and the count of correct rows is exact."""
     from pipelines.tasks import CLASSIFICATION
+    from pipelines.training.inputs import MemoryInput
     from pipelines.training.loop import validate
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(301, 1, 8, 8, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 10, (301,), generator=generator)
+    data = MemoryInput(x, y, None, "float64")
     model = build_model("cnn", (1, 8, 8), 10, seed=3).double()
     for rank in range(2):
-        batched = validate(model, x, y, rank, 2, CLASSIFICATION, batch_size=7)
-        whole = validate(model, x, y, rank, 2, CLASSIFICATION, batch_size=10_000)
+        batched = validate(model, data.val_batches(2, rank, 7), CLASSIFICATION)
+        whole = validate(model, data.val_batches(2, rank, 10_000), CLASSIFICATION)
         assert batched[1:] == whole[1:] and whole[2] == (151 if rank == 0 else 150)
         assert batched[0] == pytest.approx(whole[0], rel=0, abs=1e-12)
 
 
-def test_arrays_reach_the_device_in_the_runs_precision_and_are_never_written_back():
+def test_arrays_reach_the_device_as_stored_and_batches_in_the_runs_precision():
     import numpy as np
 
-    from pipelines.training.loop import to_device
+    from pipelines.data import Normalisation
+    from pipelines.training.inputs import ready, to_device
 
-    frozen = np.arange(6, dtype=np.float64).reshape(3, 2)
+    frozen = np.arange(6, dtype=np.uint8).reshape(3, 2, 1)
     frozen.flags.writeable = False  # as they come from Ray's object store
-    tensor = to_device(frozen, torch.device("cpu"), "float32")
-    assert tensor.dtype == torch.float32 and tensor.tolist() == frozen.tolist()
-    labels = to_device(np.array([3, 1], dtype=np.int64), torch.device("cpu"), "float64")
+    tensor = to_device(frozen, torch.device("cpu"))
+    assert tensor.dtype == torch.uint8 and tensor.tolist() == frozen.tolist()  # a quarter of float32's bytes
+    labels = to_device(np.array([3, 1], dtype=np.int64), torch.device("cpu"))
     assert labels.dtype == torch.int64  # labels keep their integer type
-    assert to_device(frozen, torch.device("cpu"), "float64").dtype == torch.float64
+    stats = Normalisation((1.0, 2.0), (2.0, 4.0))
+    # normalised in float64, rounded once to float32, then held in the run's precision
+    assert ready(tensor, stats, "float32").dtype == torch.float32
+    assert ready(tensor, stats, "float64")[1, :, 0].tolist() == [(2 - 1) / 2, (3 - 2) / 4]
+    assert ready(tensor, None, "float64").dtype == torch.float64
 
 
 def test_the_deterministic_switch_sets_pytorchs_flags_and_the_cublas_workspace(monkeypatch):

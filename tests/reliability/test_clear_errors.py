@@ -28,16 +28,17 @@ def prepared(tmp_path, monkeypatch, capsys):
     return tmp_path, params
 
 
-def test_a_corrupt_parquet_page_names_the_file(prepared, monkeypatch, capsys):
+@pytest.mark.parametrize("stage", ["augment", "train"])
+def test_a_corrupt_parquet_page_names_the_file_before_ray(prepared, monkeypatch, capsys, stage):
     root, params = prepared
-    path = root / "data/prepared/train.parquet"
+    path = root / "data/prepared/train/part-00000.parquet"
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(64)  # inside the ZSTD-compressed pages, the footer intact
     path.write_bytes(bytes(data))
-    line = one_line(*run_in_process(monkeypatch, capsys, root, params, "augment", "mixup"), "augment")
-    assert line.startswith(f"{path.relative_to(root)}: not a readable Parquet file for the dataset table (")
-    assert line.endswith("re-run the stage that writes it")
+    params["input"] = {"mode": "stream"}  # train checks the parts it would stream, as augment checks its tasks' input
+    line = one_line(*run_in_process(monkeypatch, capsys, root, params, stage, *(["mixup"] if stage == "augment" else [])), stage)
+    assert line == f"{path.relative_to(root)}: sha256 differs from the split manifest's; the part was changed or truncated"
 
 
 def test_a_damaged_safetensors_header_names_the_file(prepared, monkeypatch, capsys):

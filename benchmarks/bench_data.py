@@ -1,0 +1,217 @@
+"""Data at scale: generated image sets through prepare, augment and one epoch of train (2 workers).
+
+Usage (inside the loopback namespace, as every run that starts Ray):
+    python tools/netns.py -- python benchmarks/bench_data.py [--sets cifar10-60k,parquet-100k,parquet-400k]
+        [--work /tmp/mixpipe-bench-data] [--keep]
+
+Sets: ``cifar10-60k`` is CIFAR-10's python archive layout (50k + 10k images, 3x32x32) with
+generated pixels; ``parquet-100k``/``parquet-400k`` are 64x64 RGB images in a user Parquet table
+(``data.name: parquet``, a list<uint8> column). Images are class-coloured noise, so a model learns
+something and zstd cannot shrink them much. Each set runs the real stages (``python -m stages.X``,
+each starting its own local Ray) in a workspace of its own, and the table gives per stage:
+
+- wall seconds, and the stage process's peak RSS (``wait4``'s ``ru_maxrss``);
+- for train: samples/s of the epoch (the loop's own count, data reading included) and the peak RSS
+  (``VmHWM``) of each Ray Train worker, sampled every 0.2 s among the stage's descendants;
+- disk size of the prepared splits and of the shards.
+
+Train runs once per input path asked for: CIFAR-10 both in memory and streamed (the ratio of
+their samples/s is the cost of streaming); the large sets streamed (the path ``input.mode: auto``
+takes above ``input.stream_above_mib``), so that worker RSS at 100k and 400k can be compared.
+The ratios printed below the table are the ones the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SETS = {
+    # name: (rows, shape, writer, train model, input modes)
+    "cifar10-60k": (60_000, (3, 32, 32), "cifar", "cnn", ("memory", "stream")),
+    "parquet-100k": (100_000, (3, 64, 64), "parquet", "mlp", ("stream",)),
+    "parquet-400k": (400_000, (3, 64, 64), "parquet", "mlp", ("stream",)),
+}
+CHUNK = 10_000
+
+
+def images(rows: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise around a colour per class (10 classes)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, rows)
+    colours = np.random.default_rng(0).integers(40, 216, (10, shape[0]))
+    base = colours[labels][:, :, None, None]
+    pixels = np.clip(base + rng.integers(-40, 41, (rows, *shape)), 0, 255).astype(np.uint8)
+    return pixels, labels
+
+
+def write_cifar(root: Path, rows: int, shape: tuple[int, ...]) -> str:
+    """The python-archive folder: five training batches and a test batch of pickled dicts."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    per_batch = rows // 6
+    for index, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        pixels, labels = images(per_batch, shape, seed=index)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": pixels.reshape(per_batch, -1),
+                 b"filenames": [b"x.png"] * per_batch}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return str(root)
+
+
+def write_parquet(root: Path, rows: int, shape: tuple[int, ...]) -> str:
+    """A user table (list<uint8> pixels, int64 labels), written a chunk at a time."""
+    path = root / "images.parquet"
+    root.mkdir(parents=True)
+    schema = pa.schema([("pixels", pa.list_(pa.uint8())), ("label", pa.int64())])
+    width = int(np.prod(shape))
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for start in range(0, rows, CHUNK):
+            pixels, labels = images(min(CHUNK, rows - start), shape, seed=start)
+            flat = pixels.reshape(-1)
+            offsets = pa.array(np.arange(0, (len(labels) + 1) * width, width, dtype=np.int32))
+            column = pa.ListArray.from_arrays(offsets, pa.array(flat))
+            writer.write_table(pa.table({"pixels": column, "label": pa.array(labels)}, schema=schema))
+    return str(path)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_peaks(pid: int, done: threading.Event, peaks: dict[int, int]) -> None:
+    """Peak RSS (KiB) of every Ray Train worker under ``pid``, until ``done``."""
+    while not done.is_set():
+        for child in descendants(pid):
+            try:
+                if b"RayTrainWorker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    continue
+                status = Path(f"/proc/{child}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[child] = max(peaks.get(child, 0), int(line.split()[1]))
+        time.sleep(0.2)
+
+
+def run_stage(workspace: Path, *argv: str, watch_workers: bool = False) -> dict:
+    """Run ``python -m stages.<argv>`` in ``workspace``; wall seconds, peak RSS (MiB), worker peaks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MIXPIPE_PARAMS": str(workspace / "params.yaml")}
+    started = time.perf_counter()
+    log = open(workspace / f"{argv[0]}.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", *(f"stages.{argv[0]}",), *argv[1:]], cwd=workspace, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=worker_peaks, args=(process.pid, done, peaks)) if watch_workers else None
+    if watcher:
+        watcher.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    if watcher:
+        watcher.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed; see {workspace / (argv[0] + '.log')}")
+    return {"seconds": time.perf_counter() - started, "rss_mib": usage.ru_maxrss / 1024,
+            "workers_mib": sorted(v / 1024 for v in peaks.values())}
+
+
+def folder_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / (1 << 20)
+
+
+def bench_set(name: str, work: Path) -> list[dict]:
+    rows, shape, writer, model, modes = SETS[name]
+    root = work / name
+    shutil.rmtree(root, ignore_errors=True)
+    started = time.perf_counter()
+    source = (write_cifar if writer == "cifar" else write_parquet)(root / "source", rows, shape)
+    generated = time.perf_counter() - started
+    workspace = root / "workspace"
+    workspace.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = {"name": "cifar10" if writer == "cifar" else "parquet", "source": source,
+                      "options": {} if writer == "cifar" else {"x_column": "pixels", "shape": list(shape)},
+                      "val_fraction": 0.05, "test_fraction": 0.05, "part_mib": 64}
+    params["augment"] = {"methods": ["cutmix"], "num_shards": max(2, rows // 5000)}
+    params["train"].update(model=model, epochs=1, batch_size=128, num_workers=2, cpus_per_worker=0.5)
+    out = []
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    prepare = run_stage(workspace, "prepare")
+    out.append({"set": name, "stage": f"prepare (generate {generated:.0f}s)", **prepare,
+                "disk_mib": folder_mib(workspace / "data/prepared")})
+    augment = run_stage(workspace, "augment", "cutmix")
+    out.append({"set": name, "stage": "augment cutmix", **augment, "disk_mib": folder_mib(workspace / "data/shards")})
+    for mode in modes:
+        params["input"] = {**params.get("input", {}), "mode": mode}
+        (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        train = run_stage(workspace, "train", watch_workers=True)
+        history = pq.read_table(workspace / "results/train_history.parquet").to_pylist()
+        out.append({"set": name, "stage": f"train 1 epoch, {mode}", **train, "samples_per_s": history[-1]["samples_per_s"]})
+    shutil.rmtree(root / "source")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--work", default="/tmp/mixpipe-bench-data")
+    parser.add_argument("--keep", action="store_true", help="keep the workspaces (prepared data, shards, logs)")
+    args = parser.parse_args()
+    work = Path(args.work)
+    rows = []
+    for name in args.sets.split(","):
+        print(f"bench_data: {name} ...", flush=True)
+        done = bench_set(name, work)
+        rows.extend(done)
+        for row in done:  # as they come: a later set failing keeps these
+            print(f"bench_data: {json.dumps(row)}", flush=True)
+        if not args.keep:
+            shutil.rmtree(work / name / "workspace" / "data", ignore_errors=True)
+    print("| set | stage | wall s | stage peak RSS MiB | worker peak RSS MiB | samples/s | disk MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        workers = ", ".join(f"{w:.0f}" for w in r.get("workers_mib", [])) or "-"
+        rate = f"{r['samples_per_s']:.0f}" if "samples_per_s" in r else "-"
+        disk = f"{r['disk_mib']:.0f}" if "disk_mib" in r else "-"
+        print(f"| {r['set']} | {r['stage']} | {r['seconds']:.0f} | {r['rss_mib']:.0f} | {workers} | {rate} | {disk} |")
+    by = {(r["set"], r["stage"]): r for r in rows}
+    memory, stream = by.get(("cifar10-60k", "train 1 epoch, memory")), by.get(("cifar10-60k", "train 1 epoch, stream"))
+    if memory and stream:
+        print(f"CIFAR-10 samples/s, streamed / in memory: {stream['samples_per_s'] / memory['samples_per_s']:.3f}")
+    small, large = by.get(("parquet-100k", "train 1 epoch, stream")), by.get(("parquet-400k", "train 1 epoch, stream"))
+    if small and large and small["workers_mib"] and large["workers_mib"]:
+        print(f"streamed worker peak RSS, 400k / 100k: {max(large['workers_mib']) / max(small['workers_mib']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
