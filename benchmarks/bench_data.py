@@ -10,7 +10,7 @@ generated pixels; ``parquet-100k``/``parquet-400k`` are 64x64 RGB images in a us
 something and zstd cannot shrink them much. Each set runs the real stages (``python -m stages.X``,
 each starting its own local Ray) in a workspace of its own, and the table gives per stage:
 
-- wall seconds, and the stage process's peak RSS (``wait4``'s ``ru_maxrss``);
+- wall seconds, and the stage process's peak RSS (``VmHWM``, sampled every 0.2 s);
 - for train: samples/s of the epoch (the loop's own count, data reading included) and the peak RSS
   (``VmHWM``) of each Ray Train worker, sampled every 0.2 s among the stage's descendants;
 - disk size of the prepared splits and of the shards.
@@ -41,6 +41,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from pipelines.lifetime import descendants  # noqa: E402
 
 SETS = {
     # name: (rows, shape, writer, train model, input modes)
@@ -90,41 +92,32 @@ def write_parquet(root: Path, rows: int, shape: tuple[int, ...]) -> str:
     return str(path)
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                children.setdefault(int(fields[1]), []).append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+def peak_kib(pid: int) -> int:
+    """``VmHWM`` of ``pid`` (its peak RSS so far, KiB), 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
-def worker_peaks(pid: int, done: threading.Event, peaks: dict[int, int]) -> None:
-    """Peak RSS (KiB) of every Ray Train worker under ``pid``, until ``done``."""
+def watch_peaks(pid: int, done: threading.Event, peaks: dict[int, int]) -> None:
+    """Peak RSS (KiB) of the stage process ``pid`` and of every Ray Train worker under it, until ``done``."""
     while not done.is_set():
+        peaks[pid] = max(peaks.get(pid, 0), peak_kib(pid))
         for child in descendants(pid):
             try:
                 if b"RayTrainWorker" not in Path(f"/proc/{child}/cmdline").read_bytes():
                     continue
-                status = Path(f"/proc/{child}/status").read_text()
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    peaks[child] = max(peaks.get(child, 0), int(line.split()[1]))
+            peaks[child] = max(peaks.get(child, 0), peak_kib(child))
         time.sleep(0.2)
 
 
-def run_stage(workspace: Path, *argv: str, watch_workers: bool = False) -> dict:
-    """Run ``python -m stages.<argv>`` in ``workspace``; wall seconds, peak RSS (MiB), worker peaks."""
+def run_stage(workspace: Path, *argv: str) -> dict:
+    """Run ``python -m stages.<argv>`` in ``workspace``; wall seconds, the stage process's peak RSS
+    (MiB; its Ray daemons and workers not included) and each Train worker's."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MIXPIPE_PARAMS": str(workspace / "params.yaml")}
     started = time.perf_counter()
     log = open(workspace / f"{argv[0]}.log", "ab")
@@ -132,17 +125,15 @@ def run_stage(workspace: Path, *argv: str, watch_workers: bool = False) -> dict:
                                stdout=log, stderr=subprocess.STDOUT)
     peaks: dict[int, int] = {}
     done = threading.Event()
-    watcher = threading.Thread(target=worker_peaks, args=(process.pid, done, peaks)) if watch_workers else None
-    if watcher:
-        watcher.start()
-    _, status, usage = os.wait4(process.pid, 0)
+    watcher = threading.Thread(target=watch_peaks, args=(process.pid, done, peaks))
+    watcher.start()
+    status = process.wait()
     done.set()
-    if watcher:
-        watcher.join()
-    if os.waitstatus_to_exitcode(status) != 0:
+    watcher.join()
+    if status != 0:
         raise SystemExit(f"{' '.join(argv)} failed; see {workspace / (argv[0] + '.log')}")
-    return {"seconds": time.perf_counter() - started, "rss_mib": usage.ru_maxrss / 1024,
-            "workers_mib": sorted(v / 1024 for v in peaks.values())}
+    stage = peaks.pop(process.pid, 0)
+    return {"seconds": time.perf_counter() - started, "rss_mib": stage / 1024, "workers_mib": sorted(v / 1024 for v in peaks.values())}
 
 
 def folder_mib(path: Path) -> float:
@@ -174,7 +165,7 @@ def bench_set(name: str, work: Path) -> list[dict]:
     for mode in modes:
         params["input"] = {**params.get("input", {}), "mode": mode}
         (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        train = run_stage(workspace, "train", watch_workers=True)
+        train = run_stage(workspace, "train")
         history = pq.read_table(workspace / "results/train_history.parquet").to_pylist()
         out.append({"set": name, "stage": f"train 1 epoch, {mode}", **train, "samples_per_s": history[-1]["samples_per_s"]})
     shutil.rmtree(root / "source")
@@ -197,7 +188,7 @@ def main() -> None:
             print(f"bench_data: {json.dumps(row)}", flush=True)
         if not args.keep:
             shutil.rmtree(work / name / "workspace" / "data", ignore_errors=True)
-    print("| set | stage | wall s | stage peak RSS MiB | worker peak RSS MiB | samples/s | disk MiB |")
+    print("| set | stage | wall s | stage process peak RSS MiB | Train worker peak RSS MiB | samples/s | disk MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         workers = ", ".join(f"{w:.0f}" for w in r.get("workers_mib", [])) or "-"

@@ -53,6 +53,21 @@ def process_stat(pid: int) -> ProcessStat | None:
     return ProcessStat(pid, name, fields[0], int(fields[1]), int(fields[19]))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        stat = process_stat(int(entry))
+        if stat is not None:
+            children.setdefault(stat.ppid, []).append(stat.pid)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def guardian(start_pid: int | None = None) -> ProcessStat | None:
     """The nearest ancestor of this process (from ``start_pid``, default the parent) that is not a
     shell, or None (no procfs, or only init above)."""

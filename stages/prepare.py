@@ -24,7 +24,7 @@ from pipelines.data import (
     normalisation,
     split_url,
     standardise_targets,
-    stratified_split,
+    stratified_indices,
     target_stats,
     write_split,
 )
@@ -36,24 +36,26 @@ from stages.common import entrypoint, params
 def main(argv: list[str]) -> None:
     p = params("data")
     dataset = load_dataset(p.data.name, p.data.source, derive_seed(p.seed, "data"), p.data.options)
-    splits = stratified_split(dataset, p.data.val_fraction, p.data.test_fraction, derive_seed(p.seed, "split"))
-    stats_of_train = normalisation(splits.train)
+    # rows, not copies: each split is written from the loaded inputs a part at a time
+    index = stratified_indices(dataset, p.data.val_fraction, p.data.test_fraction, derive_seed(p.seed, "split"))
+    stats_of_train = normalisation(dataset, index["train"])
     out = p.paths.prepared
     stats = {"dataset": p.data.name, "task": dataset.task, "input_shape": list(dataset.input_shape),
              "dtype": dataset.x.dtype.name, "num_classes": dataset.num_classes, **stats_of_train.as_dict(), "splits": {}}
     regression = dataset.task == "regression"
+    ready = replace(dataset, normalisation=stats_of_train)
     if regression:
-        stats["target_mean"], stats["target_std"] = target_mean, target_std = target_stats(splits.train)
-    for name, split in splits.items():
-        ready = replace(split, normalisation=stats_of_train)
-        if regression:
-            ready = standardise_targets(ready, target_mean, target_std)
-        stored = write_split(split_url(out, name), ready, {"split": name}, p.data.part_mib)
-        counts = {"target_range": [float(split.y.min()), float(split.y.max())]} if regression else {
-            "per_class": np.bincount(split.y, minlength=dataset.num_classes).tolist()}
-        stats["splits"][name] = {"rows": len(split), "parts": len(stored.parts), **counts}
+        train_targets = dataset.subset(index["train"])
+        stats["target_mean"], stats["target_std"] = target_mean, target_std = target_stats(train_targets)
+        ready = standardise_targets(ready, target_mean, target_std)
+    for name, rows in index.items():
+        stored = write_split(split_url(out, name), ready, {"split": name}, p.data.part_mib, rows=rows)
+        y = dataset.y[rows]
+        counts = {"target_range": [float(y.min()), float(y.max())]} if regression else {
+            "per_class": np.bincount(y, minlength=dataset.num_classes).tolist()}
+        stats["splits"][name] = {"rows": len(rows), "parts": len(stored.parts), **counts}
     storage.write_json(storage.join(out, "stats.json"), stats)
-    print(f"prepare: {p.data.name} -> " + ", ".join(f"{n} {len(s)}" for n, s in splits.items()))
+    print(f"prepare: {p.data.name} -> " + ", ".join(f"{n} {len(rows)}" for n, rows in index.items()))
 
 
 if __name__ == "__main__":

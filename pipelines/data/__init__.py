@@ -22,6 +22,7 @@ from pipelines.data.splits import (
     normalisation,
     normalise,
     standardise_targets,
+    stratified_indices,
     stratified_split,
     target_stats,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "read_shards",
     "read_split",
     "standardise_targets",
+    "stratified_indices",
     "stratified_split",
     "target_stats",
     "write_split",

@@ -108,26 +108,6 @@ def finish(process: subprocess.Popen, timeout: float = 900, check: bool = True) 
     return check_finished(tuple(process.args), result) if check else result
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, theirs, ...), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def running(pids: list[int]) -> list[int]:
     """Those of ``pids`` that still run (zombies do not)."""
     from pipelines.lifetime import process_stat

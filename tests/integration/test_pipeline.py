@@ -13,10 +13,10 @@ import yaml
 
 from pipelines import storage, tables
 from pipelines.data import read_split
-from pipelines.lifetime import process_stat
+from pipelines.lifetime import descendants, process_stat
 from pipelines.models import load_model
 
-from .helpers import TINY_PARAMS, descendants, finish, git, kill_all, make_workspace, run, running, start, wait_until
+from .helpers import TINY_PARAMS, finish, git, kill_all, make_workspace, run, running, start, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -205,7 +205,7 @@ def test_uint8_splits_round_trip_exactly_in_parts_of_bounded_size(tmp_path):
 
 def test_uint8_channel_statistics_are_exact(tmp_path):
     images = uint8_images(rows=257)
-    mean, std = channel_stats(images, chunk_rows=10)  # the integer path, chunked
+    mean, std = channel_stats(images, chunk_elements=10 * 192)  # the integer path, ten rows at a time
     wide = images.x.astype(np.float64)
     assert np.allclose(mean, wide.mean(axis=(0, 2, 3)), rtol=1e-15, atol=0)
     # float64 moments of integers below 2**53: the std agrees with numpy's two-pass one to rounding
