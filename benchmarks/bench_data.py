@@ -10,9 +10,11 @@ generated pixels; ``parquet-100k``/``parquet-400k`` are 64x64 RGB images in a us
 something and zstd cannot shrink them much. Each set runs the real stages (``python -m stages.X``,
 each starting its own local Ray) in a workspace of its own, and the table gives per stage:
 
-- wall seconds, and the stage process's peak RSS (``VmHWM``, sampled every 0.2 s);
-- for train: samples/s of the epoch (the loop's own count, data reading included) and the peak RSS
-  (``VmHWM``) of each Ray Train worker, sampled every 0.2 s among the stage's descendants;
+- wall seconds, and the stage process's peak RSS (``VmHWM``) and peak private memory (``RssAnon``,
+  sampled every 0.2 s);
+- for train: samples/s of the epoch (the loop's own count, data reading included) and the same two
+  peaks of each Ray Train worker (found among the stage's descendants). RSS counts the pages of
+  Ray's shared object store a worker touched; private memory is what the worker itself holds;
 - disk size of the prepared splits and of the shards.
 
 Train runs once per input path asked for: CIFAR-10 both in memory and streamed (the ratio of
@@ -92,26 +94,30 @@ def write_parquet(root: Path, rows: int, shape: tuple[int, ...]) -> str:
     return str(path)
 
 
-def peak_kib(pid: int) -> int:
-    """``VmHWM`` of ``pid`` (its peak RSS so far, KiB), 0 when it is gone."""
+def memory_kib(pid: int) -> tuple[int, int]:
+    """``(VmHWM, RssAnon)`` of ``pid`` in KiB: its peak RSS so far (shared object-store pages it
+    touched included), and its private memory now; zeros when it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return tuple(int(fields.get(key, "0 kB").split()[0]) for key in ("VmHWM", "RssAnon"))
 
 
-def watch_peaks(pid: int, done: threading.Event, peaks: dict[int, int]) -> None:
-    """Peak RSS (KiB) of the stage process ``pid`` and of every Ray Train worker under it, until ``done``."""
+def watch_peaks(pid: int, done: threading.Event, peaks: dict[int, list[int]]) -> None:
+    """Peak RSS and peak private memory (KiB) of the stage process ``pid`` and of every Ray Train
+    worker under it, sampled every 0.2 s until ``done``."""
     while not done.is_set():
-        peaks[pid] = max(peaks.get(pid, 0), peak_kib(pid))
-        for child in descendants(pid):
+        for process in [pid, *descendants(pid)]:
             try:
-                if b"RayTrainWorker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                if process != pid and b"RayTrainWorker" not in Path(f"/proc/{process}/cmdline").read_bytes():
                     continue
             except OSError:
                 continue
-            peaks[child] = max(peaks.get(child, 0), peak_kib(child))
+            now = memory_kib(process)
+            seen = peaks.setdefault(process, [0, 0])
+            peaks[process] = [max(a, b) for a, b in zip(seen, now, strict=True)]
         time.sleep(0.2)
 
 
@@ -123,7 +129,7 @@ def run_stage(workspace: Path, *argv: str) -> dict:
     log = open(workspace / f"{argv[0]}.log", "ab")
     process = subprocess.Popen([sys.executable, "-m", *(f"stages.{argv[0]}",), *argv[1:]], cwd=workspace, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
-    peaks: dict[int, int] = {}
+    peaks: dict[int, list[int]] = {}
     done = threading.Event()
     watcher = threading.Thread(target=watch_peaks, args=(process.pid, done, peaks))
     watcher.start()
@@ -132,8 +138,10 @@ def run_stage(workspace: Path, *argv: str) -> dict:
     watcher.join()
     if status != 0:
         raise SystemExit(f"{' '.join(argv)} failed; see {workspace / (argv[0] + '.log')}")
-    stage = peaks.pop(process.pid, 0)
-    return {"seconds": time.perf_counter() - started, "rss_mib": stage / 1024, "workers_mib": sorted(v / 1024 for v in peaks.values())}
+    stage = peaks.pop(process.pid, [0, 0])
+    return {"seconds": time.perf_counter() - started, "rss_mib": stage[0] / 1024, "private_mib": stage[1] / 1024,
+            "workers_mib": sorted(v[0] / 1024 for v in peaks.values()),
+            "workers_private_mib": sorted(v[1] / 1024 for v in peaks.values())}
 
 
 def folder_mib(path: Path) -> float:
@@ -188,20 +196,22 @@ def main() -> None:
             print(f"bench_data: {json.dumps(row)}", flush=True)
         if not args.keep:
             shutil.rmtree(work / name / "workspace" / "data", ignore_errors=True)
-    print("| set | stage | wall s | stage process peak RSS MiB | Train worker peak RSS MiB | samples/s | disk MiB |")
+    print("| set | stage | wall s | stage peak RSS / private MiB | Train workers' peak RSS / private MiB | samples/s | disk MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        workers = ", ".join(f"{w:.0f}" for w in r.get("workers_mib", [])) or "-"
+        workers = ", ".join(f"{a:.0f} / {b:.0f}" for a, b in zip(r["workers_mib"], r["workers_private_mib"], strict=True))
         rate = f"{r['samples_per_s']:.0f}" if "samples_per_s" in r else "-"
         disk = f"{r['disk_mib']:.0f}" if "disk_mib" in r else "-"
-        print(f"| {r['set']} | {r['stage']} | {r['seconds']:.0f} | {r['rss_mib']:.0f} | {workers} | {rate} | {disk} |")
+        print(f"| {r['set']} | {r['stage']} | {r['seconds']:.0f} | {r['rss_mib']:.0f} / {r['private_mib']:.0f} | "
+              f"{workers or '-'} | {rate} | {disk} |")
     by = {(r["set"], r["stage"]): r for r in rows}
     memory, stream = by.get(("cifar10-60k", "train 1 epoch, memory")), by.get(("cifar10-60k", "train 1 epoch, stream"))
     if memory and stream:
         print(f"CIFAR-10 samples/s, streamed / in memory: {stream['samples_per_s'] / memory['samples_per_s']:.3f}")
     small, large = by.get(("parquet-100k", "train 1 epoch, stream")), by.get(("parquet-400k", "train 1 epoch, stream"))
     if small and large and small["workers_mib"] and large["workers_mib"]:
-        print(f"streamed worker peak RSS, 400k / 100k: {max(large['workers_mib']) / max(small['workers_mib']):.3f}")
+        print(f"streamed worker peak RSS, 400k / 100k: {max(large['workers_mib']) / max(small['workers_mib']):.3f}; "
+              f"peak private memory: {max(large['workers_private_mib']) / max(small['workers_private_mib']):.3f}")
 
 
 if __name__ == "__main__":

@@ -214,7 +214,8 @@ def _read_user_table(
         if elements.null_count:
             parents = pc.list_parent_indices(table["x"])
             row = start + parents[pc.index(pc.is_null(elements), True).as_py()].as_py()
-            raise DataError(f"{url}: row {row} of {x_column!r} holds a null element; drop or repair those rows")
+            raise DataError(f"{url}: row {row} of {x_column!r} holds a null element ({elements.null_count} nulls in all"
+                            f"{'' if batch.num_rows == total else ' of its batch'}); drop or repair those rows")
         flat = np.asarray(elements.to_numpy(zero_copy_only=False), dtype=dtype)
         length = flat.size // max(table.num_rows, 1)
         if width is None:

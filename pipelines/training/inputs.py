@@ -8,20 +8,20 @@ split's size; the in-memory path holds the whole split on the device and gathers
 
 from __future__ import annotations
 
-import logging
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipelines import storage
 from pipelines.data import ArrayDataset, Normalisation, StoredSplit, contiguous_share
-from pipelines.data.io import part_arrays
+from pipelines.data.streaming import stream_parts
 from pipelines.errors import DataError
 from pipelines.tasks import get_task
-from pipelines.training.batching import epoch_plan, rank_positions
+from pipelines.training.batching import EpochPlan, epoch_plan, rank_positions
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, labels, global rows
 
@@ -74,6 +74,9 @@ class MemoryInput:
             rows = rows.to(self.x.device)
             yield ready(self.x[rows], self.normalisation, self.precision), self.y[rows], rows
 
+    def read_ahead(self, seed: int, epoch: int) -> None:
+        """Nothing to read: the split is in memory (the streamed input's counterpart)."""
+
     def val_batches(self, world: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         share = contiguous_share(len(self.x), world, rank)
         xs, ys = self.x[share], self.y[share]
@@ -85,11 +88,15 @@ class MemoryInput:
 class StreamedInput:
     """A split read through Ray Data, part by part in each epoch's order.
 
+    An epoch's parts are read by a thread of their own, started by :meth:`read_ahead` before
+    the epoch (while the model is built, or while the previous epoch validates and saves its
+    checkpoint) and kept at most a window ahead of the loop: a worker holds up to two windows.
+
     Attributes:
         split: where the parts lie (a URL every node of the cluster reads).
-        window_rows: rows per shuffle window (what one worker holds).
+        window_rows: rows per shuffle window.
         read_cpus: CPUs each Ray Data read task reserves.
-        prefetch: blocks Ray Data reads ahead of the loop.
+        prefetch: blocks Ray Data reads ahead of the reading thread.
     """
 
     split: StoredSplit
@@ -98,52 +105,39 @@ class StreamedInput:
     window_rows: int
     read_cpus: float = 0.5
     prefetch: int = 2
+    _held: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    _ahead: dict[int, _ReadAhead] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.split.rows
 
     def _blocks(self, parts: Sequence[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(x, y)`` of the rows of ``parts``, in that order, one part per block.
+        return stream_parts(self.split, parts, self.read_cpus, self.prefetch)
 
-        Ray Data reads the parts in its tasks (``input.read_cpus`` each) ahead of the loop. The
-        parts are Ray Data rows mapped to their contents, not a ``read_parquet`` of the files:
-        given the files in the epoch's order, ``read_parquet`` (with ``preserve_order``) returned
-        a later file's rows first on 60k CIFAR images (the order check below caught it), so a
-        worker's batches would have depended on timing. Ordered items through ``map_batches``
-        with ``preserve_order`` keep the epoch's part order.
-        """
-        import ray.data
-
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False  # the loop prints one line per epoch; Ray Data would add several
-        context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        items = [{"part": int(p), "url": self.split.part_url(p)} for p in parts]
-        dataset = ray.data.from_items(items, override_num_blocks=max(len(items), 1)).map_batches(
-            _read_parts, batch_size=1, batch_format="pyarrow", num_cpus=self.read_cpus,
-        )
-        expected, part, left = iter(parts), None, 0
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=self.prefetch):
-            tags = table["part"].to_numpy()
-            starts = np.flatnonzero(np.r_[True, tags[1:] != tags[:-1]])
-            for run, count in zip(tags[starts], np.diff(np.r_[starts, len(tags)]), strict=True):
-                if left == 0:  # a new part begins: it must be the next of the epoch's order
-                    part = next(expected, None)
-                    left = self.split.parts[part].rows if part is not None else 0
-                if run != part or count > left:
-                    raise DataError(f"{self.split.url}: Ray Data returned rows of part {run} where part {part} was due; "
-                                    "the epoch order would differ")
-                left -= count
-            x, y, _ = part_arrays(self.split, table.drop_columns(["part"]))
-            yield x, y
+    def read_ahead(self, seed: int, epoch: int) -> None:
+        """Start reading ``epoch``'s parts in the background (once per epoch)."""
+        if epoch not in self._ahead:
+            parts = epoch_plan(self.split.part_rows, self.window_rows, seed, epoch).part_order
+            per_window = -(-self.window_rows // max(self.split.part_rows, default=1))
+            self._ahead[epoch] = _ReadAhead(self._blocks(parts), per_window + 1)
 
     def train_batches(self, per_worker_batch: int, world: int, rank: int, seed: int, epoch: int) -> Iterator[Batch]:
-        rows = self.split.rows
         plan = epoch_plan(self.split.part_rows, self.window_rows, seed, epoch)
-        positions = rank_positions(rows, per_worker_batch, world, rank)
-        if not len(positions):
-            return
+        positions = rank_positions(self.split.rows, per_worker_batch, world, rank)
+        self.read_ahead(seed, epoch)
+        reader = self._ahead.pop(epoch)
+        try:
+            yield from self._windows(reader, plan, positions, per_worker_batch, epoch)
+        finally:
+            reader.close()  # the stream's tail is the dropped partial batch, or the loop stopped
+
+    def _windows(
+        self, blocks: Iterator[tuple[np.ndarray, np.ndarray]], plan: EpochPlan, positions: np.ndarray,
+        per_worker_batch: int, epoch: int,
+    ) -> Iterator[Batch]:
+        """This rank's batches: each window of the stream filled from ``blocks``, permuted, and
+        cut at the rank's ``positions`` in the epoch order."""
+        rows = self.split.rows
         last_window = int(positions[-1]) // self.window_rows
         shape, dtype = self.split.input_shape, np.dtype(self.split.dtype)
         window = 0
@@ -152,7 +146,7 @@ class StreamedInput:
         filled = 0
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         held = 0
-        for x, y in self._blocks(plan.part_order):
+        for x, y in blocks:
             if buffer_y is None:
                 buffer_y = np.empty(size, y.dtype)
             used = 0
@@ -181,7 +175,23 @@ class StreamedInput:
                         "the manifest says")
 
     def val_batches(self, world: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        share = contiguous_share(self.split.rows, world, rank)
+        """This rank's share of the split in batches, as :meth:`MemoryInput.val_batches` gives
+        them. A share no larger than a shuffle window (the memory a worker has for its data) is
+        read once and kept for the following epochs; a larger one is streamed every epoch."""
+        held = self._held.get((world, rank))
+        if held is None:
+            share = contiguous_share(self.split.rows, world, rank)
+            if (share.stop - share.start) > self.window_rows:
+                yield from self._stream_val(share, batch_size)
+                return
+            batches = list(self._stream_val(share, batch_size, on_device=False))
+            held = self._held[(world, rank)] = tuple(np.concatenate(column) for column in zip(*batches))
+        x, y = held
+        for start in range(0, max(len(x), 1), batch_size):
+            yield self._on_device(x[start : start + batch_size], y[start : start + batch_size], None)[:2]
+
+    def _stream_val(self, share: slice, batch_size: int, on_device: bool = True) -> Iterator[tuple]:
+        """Rows ``share`` of the split, ``batch_size`` at a time (on the device, or as host arrays)."""
         offsets = np.concatenate([[0], np.cumsum(self.split.part_rows)])
         parts = [p for p in range(len(self.split.parts)) if offsets[p] < share.stop and offsets[p + 1] > share.start]
         position = int(offsets[parts[0]]) if parts else 0
@@ -196,10 +206,11 @@ class StreamedInput:
             while held >= batch_size or (held and position >= share.stop):
                 (bx, by), pending, held = _cut(pending, min(held, batch_size))
                 yielded = True
-                yield self._on_device(bx, by, None)[:2]
+                yield self._on_device(bx, by, None)[:2] if on_device else (bx, by)
         if not yielded:  # an empty share still yields one (empty) batch
             empty = np.empty((0, *self.split.input_shape), np.dtype(self.split.dtype))
-            yield self._on_device(empty, np.empty(0, get_task(self.split.task).target_dtype), None)[:2]
+            labels = np.empty(0, get_task(self.split.task).target_dtype)
+            yield self._on_device(empty, labels, None)[:2] if on_device else (empty, labels)
 
     def _on_device(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None) -> Batch:
         inputs = ready(to_device(x, self.device), self.split.normalisation, self.precision)
@@ -207,19 +218,52 @@ class StreamedInput:
         return inputs, labels, to_device(rows, self.device) if rows is not None else labels[:0]
 
 
-def _read_parts(batch: Any) -> Any:
-    """A Ray Data task: the ``dataset`` rows of the parts named in ``batch`` (a pyarrow table of
-    ``part`` and ``url``), tagged with their part."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ReadAhead:
+    """Blocks of a stream, read by a daemon thread into a queue of at most ``depth`` blocks, so
+    the reads overlap the training; iterating gives the blocks in order (and the reader's error)."""
 
-    tables = []
-    for part, url in zip(batch["part"].to_pylist(), batch["url"].to_pylist(), strict=True):
-        fs, path = storage.filesystem(url)
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, columns=["sample_id", "x", "y"])
-        tables.append(table.append_column("part", pa.array(np.full(table.num_rows, part, np.int64))))
-    return pa.concat_tables(tables)
+    _END = object()
+
+    def __init__(self, blocks: Iterator[Any], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(blocks,), daemon=True, name="mixpipe-read-ahead")
+        self._thread.start()
+
+    def _read(self, blocks: Iterator[Any]) -> None:
+        try:
+            for block in blocks:
+                if not self._put(block):
+                    return
+            self._put(self._END)
+        except BaseException as error:  # handed to the loop, which raises it
+            self._put(error)
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()  # ends Ray Data's execution of a stream left unfinished
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop reading: the rest of the stream is not wanted."""
+        self._stop.set()
 
 
 def _cut(pending: list[tuple[np.ndarray, ...]], count: int) -> tuple[tuple[np.ndarray, ...], list, int]:

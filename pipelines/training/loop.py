@@ -215,6 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = load_train_state(directory)
         model.load_state_dict(saved.weights)
         progress = TrainState(saved.progress.epoch, saved.progress.history, attempt)
+    train_data.read_ahead(job.seed, progress.epoch)  # a streamed split starts reading while DDP sets up
     model = prepare_model(model)
     optimizer = build_optimizer(model.parameters(), job.optim)
     if saved is not None:
@@ -229,6 +230,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr = lr_at_epoch(job.optim, epoch, job.epochs)
         set_lr(optimizer, lr)
         loss_sum, seen = train_epoch(model, optimizer, mixing, train_data, job, rank, world, epoch, use_amp)
+        if epoch + 1 < job.last_epoch:
+            train_data.read_ahead(job.seed, epoch + 1)  # while this epoch validates and checkpoints
         val_sums = validate(model, val_data.val_batches(world, rank, job.val_batch_size), task)
         totals = _sum_across_ranks([loss_sum, seen, *val_sums], device)
         val_loss, val_score = task.summarise(totals[2:])

@@ -73,9 +73,16 @@ def test_streamed_batches_are_the_in_memory_batches(ray_local, stored):
                     assert torch.equal(x, ex) and torch.equal(y, ey) and torch.equal(rows, erows)
                 if world == 1:
                     orders.append(torch.cat([rows for _, _, rows in got]))
-            for (x, y), (ex, ey) in zip(streamed_val.val_batches(world, rank, 16), memory_val.val_batches(world, rank, 16),
+            for _ in range(2):  # read and kept (a share within a window), then from what was kept
+                for (x, y), (ex, ey) in zip(streamed_val.val_batches(world, rank, 16),
+                                            memory_val.val_batches(world, rank, 16), strict=True):
+                    assert torch.equal(x, ex) and torch.equal(y, ey)
+            # a share larger than the window is streamed every time, in the same batches
+            small = StreamedInput(val, cpu, "float32", 10)
+            for (x, y), (ex, ey) in zip(small.val_batches(world, rank, 16), memory_val.val_batches(world, rank, 16),
                                         strict=True):
                 assert torch.equal(x, ex) and torch.equal(y, ey)
+            assert not small._held
     # epochs differ in order, and the windows mix rows of different parts
     assert not torch.equal(orders[0], orders[1])
     first_window = orders[0][:WINDOW] // PART_ROWS
