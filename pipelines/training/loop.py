@@ -8,8 +8,8 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
