@@ -17,11 +17,10 @@ import torch
 
 from pipelines import storage, tables
 from pipelines.data import ArrayDataset, StoredSplit, contiguous_share, mixed_samples_table, read_rows
+from pipelines.data.io import ROW_GROUP_BYTES
 from pipelines.errors import ConfigError
 from pipelines.mixing import MixingSpec
 from pipelines.seeding import derive_seed, torch_generator
-
-ROW_GROUP_BYTES = 8 << 20  # a reader of a shard's first rows (the stage's picture) decodes one group
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ def mix_shard(dataset: ArrayDataset, mixing: MixingSpec, seed: int) -> bytes:
         task=dataset.task,
     )
     metadata = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes, "task": dataset.task, "seed": seed}
+    # bounded row groups: the stage's picture of a shard's first rows decodes one group, not the shard
     row_bytes = 4 * max(1, math.prod(dataset.input_shape))
     return tables.parquet_bytes(arrow, metadata, row_group_rows=max(1, ROW_GROUP_BYTES // row_bytes))
 

@@ -33,7 +33,7 @@ SPLIT_MANIFEST = "manifest.json"
 # Rows of one split part: a part is what one Ray Data read task holds and what the streamed
 # shuffle permutes as a unit, so it bounds memory per read.
 DEFAULT_PART_MIB = 64
-_ROW_GROUP_BYTES = 8 << 20
+ROW_GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def write_split(
                 "task": task}
     row_bytes = int(np.prod(dataset.input_shape)) * dataset.x.dtype.itemsize
     per_part = part_rows_for(row_bytes, part_mib)
-    row_group = max(1, min(per_part, _ROW_GROUP_BYTES // max(row_bytes, 1)))
+    row_group = max(1, min(per_part, ROW_GROUP_BYTES // max(row_bytes, 1)))
     fs, path = storage.filesystem(url)
     if fs.exists(storage.join(path, SPLIT_MANIFEST)):
         fs.rm(storage.join(path, SPLIT_MANIFEST))  # the old parts are about to be replaced

@@ -87,25 +87,25 @@ def channel_stats(
     sums over the whole array.
     """
     x = dataset.x
-    rows = np.arange(len(x)) if rows is None else rows
     if np.issubdtype(x.dtype, np.integer) and x.dtype.itemsize == 1:
         channels = x.shape[1]
         total = np.zeros(channels, dtype=np.int64)
         squares = np.zeros(channels, dtype=np.int64)  # 255**2 * 2**40 values still fit in int64
         step = max(1, chunk_elements // max(x[0].size, 1))
         axes = (0, *range(2, x.ndim))
-        for start in range(0, len(rows), step):
-            block = x[rows[start : start + step]]
+        count_rows = len(x) if rows is None else len(rows)
+        for start in range(0, count_rows, step):
+            block = x[start : start + step] if rows is None else x[rows[start : start + step]]
             total += block.sum(axis=axes, dtype=np.int64)
             wide = block.astype(np.uint16)  # 255**2 fits: two bytes per value, not eight
             squares += (wide * wide).sum(axis=axes, dtype=np.int64)
-        count = len(rows) * (x.size // max(len(x), 1)) // channels
+        count = count_rows * (x.size // max(len(x), 1)) // channels
         mean = total / count
         # the moments are exact; E[x^2] - E[x]^2 then cancels at most 255^2 x 2^-52 = 1.4e-11 of
         # absolute error into a variance, negligible beside any image channel's
         std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
         return mean, np.where(std > 0, std, 1.0)
-    x = x if len(rows) == len(x) and np.array_equal(rows, np.arange(len(x))) else x[rows]
+    x = x if rows is None else x[rows]
     axes = (0, *range(2, x.ndim))
     mean = x.mean(axis=axes, dtype=np.float64)
     std = x.std(axis=axes, dtype=np.float64)
