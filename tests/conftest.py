@@ -25,9 +25,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     os.environ.pop("RAY_ADDRESS", None)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    # the mask methods' eager kernels everywhere, stages and Ray workers included; the fused ones
-    # are checked against them in test_mixing_kernels.py (compiling per test would cost minutes)
-    os.environ["MIXPIPE_FUSE"] = "0"
+    # the mixing kernels are built once per session into a private cache (stages and Ray workers
+    # inherit it); test_mixing_kernels.py checks them against the eager PyTorch ops
+    os.environ["MIXPIPE_CACHE"] = tempfile.mkdtemp(prefix="mixpipe-test-cache-")
+    os.environ.pop("MIXPIPE_FUSE", None)
 
 
 @pytest.fixture

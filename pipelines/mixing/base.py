@@ -52,8 +52,8 @@ class Mixer:
         alpha: Beta(alpha, alpha) concentration of λ.
         mode: ``"elem"`` draws one λ (and mask) per sample, ``"batch"`` one for the batch.
         prob: probability that a sample (``elem``) or the batch (``batch``) is mixed at all.
-        fuse: compile the mask methods' paste into one pass (``auto``: when ``torch.compile``
-            works here; see :mod:`pipelines.mixing.kernels`). It changes speed, not results.
+        fuse: run the fast paths: the C kernels on the CPU, ``torch.compile`` on a GPU (``auto``:
+            when they build here; see :mod:`pipelines.mixing.kernels`). It changes speed, not results.
     """
 
     alpha: float = 1.0
@@ -83,11 +83,13 @@ class Mixer:
         count = batch_size if self.mode == "elem" else 1
         if index is None:
             index = permutation(batch_size, generator)
-        lam = beta_sample(self.alpha, self.alpha, count, generator)
+        lam = beta_sample(self.alpha, self.alpha, count, generator, fuse=self.fuse)
         mixed = bernoulli_mask(self.prob, count, generator)
-        lam = torch.where(mixed, lam, torch.ones_like(lam)).expand(batch_size)
-        mixed = mixed.expand(batch_size)
-        return Draws(index.to(device), lam.to(device).contiguous(), mixed.to(device).contiguous())
+        if self.prob < 1:  # uniform draws are below 1: at prob 1 every sample mixes
+            lam = torch.where(mixed, lam, torch.ones_like(lam))
+        if count < batch_size:
+            lam, mixed = lam.expand(batch_size).contiguous(), mixed.expand(batch_size).contiguous()
+        return Draws(*(t if t.device == device else t.to(device) for t in (index, lam, mixed)))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator) -> MixOutput:
         if x.ndim < 2 or x.shape[0] != y.shape[0]:

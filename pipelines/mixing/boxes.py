@@ -6,12 +6,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from pipelines.errors import ConfigError
 
-from pipelines.mixing import kernels
-from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
+from pipelines.mixing import kernels, native
+from pipelines.mixing.base import Draws, Mixer, MixOutput, register
 from pipelines.mixing.kernels import Fuse
 
 
@@ -29,13 +28,18 @@ def uniform_centres(batch: int, spatial: tuple[int, ...], generator: torch.Gener
     return torch.floor(draws * torch.tensor(spatial, dtype=torch.float64, device=generator.device)).long()
 
 
+def fitting_starts(room: torch.Tensor, sides: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """First corners ``[B, ndim]`` of boxes of ``sides`` that fit in ``spatial``, placed by uniform
+    draws ``room`` in [0, 1): ``floor(room * (size - side + 1))`` (as native.c's resize kernel)."""
+    sizes = torch.tensor(spatial, dtype=torch.float64, device=room.device)
+    return torch.floor(room * (sizes - sides.to(room.device) + 1)).long()
+
+
 def inside_boxes(sides: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Centres ``[B, ndim]`` of boxes of ``sides`` placed uniformly so that they fit in ``spatial``
     (for :func:`box_masks`, which centres a box at ``start + side // 2``)."""
-    sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
     room = torch.rand(sides.shape, generator=generator, dtype=torch.float64, device=generator.device)
-    starts = torch.floor(room * (sizes - sides.to(generator.device) + 1)).long()
-    return starts + sides.to(generator.device) // 2
+    return fitting_starts(room, sides, spatial) + sides.to(generator.device) // 2
 
 
 def box_bounds(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,11 +66,14 @@ def box_volumes(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, 
 
 def paste_boxes(x: torch.Tensor, draws: Draws, sides: torch.Tensor, centres: torch.Tensor, fuse: Fuse = "auto") -> MixOutput:
     """Take the partner ``x[draws.index]`` inside each mixed sample's box (at the same place) and
-    ``x`` elsewhere, in one fused pass (:func:`pipelines.mixing.kernels.paste_boxes`); λ is the own fraction.
+    ``x`` elsewhere, in one pass (:mod:`pipelines.mixing.kernels`); λ is the own fraction.
 
     ``sides`` and ``centres`` are ``[B, ndim]``, or ``[1, ndim]`` for one box shared by the batch.
     An unmixed sample gets an empty box.
     """
+    if kernels.native_ready(x, fuse):  # the box corners and λ are computed in the kernel's loop
+        pasted, own = native.paste_boxes(x, draws.index, draws.mixed, sides=sides, centres=centres)
+        return MixOutput(x=pasted, index=draws.index, lam=own)
     spatial, batch = tuple(x.shape[2:]), x.shape[0]
     mixed = draws.mixed[: sides.shape[0]].to(sides.device)
     sides = torch.where(mixed.unsqueeze(1), sides, 0)
@@ -107,6 +114,11 @@ class CutMix(Mixer):
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("cutmix", x)
         count = 1 if self.mode == "batch" else x.shape[0]
+        if self.cutmix_minmax is None and len(spatial) < 3 and kernels.native_ready(x, self.fuse):
+            # the kernel draws the boxes from λ and the centre draws itself: no small ops in between
+            spots = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
+            pasted, own = native.paste_boxes(x, draws.index, draws.mixed, lam=draws.lam[:count], spots=spots)
+            return MixOutput(x=pasted, index=draws.index, lam=own)
         if self.cutmix_minmax is None:
             sides = box_sides(draws.lam[:count].to(generator.device), spatial)
             centres = uniform_centres(count, spatial, generator)
@@ -117,33 +129,6 @@ class CutMix(Mixer):
             sides = (low + torch.floor(pick * (high - low + 1)).long()).clamp(max=sizes.long())
             centres = inside_boxes(sides, spatial, generator)
         return paste_boxes(x, draws, sides, centres, self.fuse)
-
-
-def resize_into_boxes(source: torch.Tensor, starts: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
-    """Each ``source[b]`` shrunk (bilinear) into the box ``starts[b] .. starts[b] + sides[b]``.
-
-    One batched ``affine_grid`` + ``grid_sample``: inside its box, output position u samples the
-    source at ``(u - centre) / half_width`` (normalised coordinates), which is a resize with the
-    half-pixel convention of ``F.interpolate(..., align_corners=False)``. Outside the box the
-    values are meaningless; callers paste only the box.
-    """
-    batch, channels, *spatial = source.shape
-    if len(spatial) == 1:  # grid_sample is 2-D or 3-D: a 1-D signal is an image of height 1
-        one = torch.zeros_like(starts[:, :1])
-        out = resize_into_boxes(source.unsqueeze(2), torch.cat([one, starts], 1), torch.cat([one + 1, sides], 1))
-        return out.squeeze(2)
-    sizes = torch.tensor(spatial, dtype=torch.float64, device=source.device)
-    low = -1 + 2 * starts.double().to(source.device) / sizes
-    high = -1 + 2 * (starts + sides).double().to(source.device) / sizes
-    centre, half = (low + high) / 2, (high - low) / 2
-    ndim = len(spatial)
-    theta = torch.zeros(batch, ndim, ndim + 1, dtype=torch.float64, device=source.device)
-    for row, axis in enumerate(reversed(range(ndim))):  # grid coordinates run (x, y[, z]): last axis first
-        theta[:, row, row] = 1 / half[:, axis]
-        theta[:, row, ndim] = -centre[:, axis] / half[:, axis]
-    work = source if source.is_floating_point() and source.dtype != torch.bfloat16 else source.float()
-    grid = F.affine_grid(theta.to(work.dtype), [batch, channels, *spatial], align_corners=False)
-    return F.grid_sample(work, grid, mode="bilinear", padding_mode="border", align_corners=False).to(source.dtype)
 
 
 @register("resizemix")
@@ -174,19 +159,20 @@ class ResizeMix(Mixer):
         spatial = check_spatial("resizemix", x)
         low, high = self.scope
         count = 1 if self.mode == "batch" else x.shape[0]
+        if x.dtype in (torch.float32, torch.uint8) and len(spatial) < 3 and kernels.native_ready(x, self.fuse):
+            # the kernel computes the sides and places the boxes from the same draws
+            room = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
+            pasted, lam = native.resize_paste(x, draws.index, draws.lam[:count], self.scope, room, draws.mixed)
+            return MixOutput(x=pasted, index=draws.index, lam=lam)
         tau = low + (high - low) * draws.lam[:count].double().to(generator.device)
         sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
         sides = torch.round(tau.unsqueeze(1) * sizes).long().clamp(min=1)
-        centres = inside_boxes(sides, spatial, generator)
+        room = torch.rand(sides.shape, generator=generator, dtype=torch.float64, device=generator.device)
         batch = x.shape[0]
-        sides, centres = sides.expand(batch, -1).to(x.device), centres.expand(batch, -1).to(x.device)
+        starts = fitting_starts(room, sides, spatial).expand(batch, -1).to(x.device)  # the box fits: nothing to clip
         mixed = draws.mixed.to(x.device)
-        starts = centres - sides // 2  # the box fits: nothing to clip
-        ends = starts + torch.where(mixed.unsqueeze(1), sides, 0)  # an unmixed sample: an empty box
-        covered = (ends - starts).prod(1).to(torch.float64)
+        sides = torch.where(mixed.unsqueeze(1), sides.expand(batch, -1).to(x.device), 0)  # unmixed: an empty box
+        covered = sides.prod(1).to(torch.float64)
         lam = (1.0 - covered / math.prod(spatial)).to(torch.float32)
-        # grid_sample resizes fastest: written out as bilinear gathers for torch.compile, the
-        # resize ran 10x slower (Inductor's indirect loads do not vectorise)
-        resized = resize_into_boxes(partners_of(x, draws.index), starts, sides)
-        pasted = torch.where(kernels.box_mask(starts, ends, x.shape), resized, x)
+        pasted = kernels.resize_paste(x, draws.index, starts, sides)
         return MixOutput(x=pasted, index=draws.index, lam=lam.to(x.device))

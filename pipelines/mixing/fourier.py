@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.mixing import kernels
+from pipelines.mixing import kernels, native
 from pipelines.mixing.base import Draws, Mixer, MixOutput, partners_of, register
 from pipelines.mixing.boxes import check_spatial
 from pipelines.seeding import derive_seed, torch_generator
@@ -91,27 +91,39 @@ def bank_fields(spatial: tuple[int, ...], bank_size: int) -> int:
     return max(64, min(1024, BANK_BYTES // (4 * math.prod(spatial))))
 
 
-def shifted_ranks(bank: torch.Tensor, spatial: tuple[int, ...], batch: int, generator: torch.Generator) -> torch.Tensor:
-    """``batch`` rank maps ``[B, N]``: each a bank field picked at random, circularly shifted and
-    flipped at random on every axis.
+def draw_shifts(fields: int, spatial: tuple[int, ...], batch: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """For ``batch`` masks: a bank field each (int32 ``[B]``), and for every axis a circular shift
+    (int32 ``[B, 1]``) and whether to mirror (bool ``[B, 1]``), drawn axis by axis."""
+    device = generator.device
+    field = torch.randint(fields, (batch,), generator=generator, device=device, dtype=torch.int32)
+    shifts, flips = [], []
+    for size in spatial:
+        shifts.append(torch.randint(size, (batch, 1), generator=generator, device=device, dtype=torch.int32))
+        flips.append(torch.rand(batch, 1, generator=generator, device=device) < 0.5)
+    return field, shifts, flips
+
+
+def shifted_ranks(bank: torch.Tensor, spatial: tuple[int, ...], field: torch.Tensor, shifts: list[torch.Tensor],
+                  flips: list[torch.Tensor]) -> torch.Tensor:
+    """Rank maps ``[B, N]``: each the bank ``field`` circularly shifted by ``shifts`` and mirrored
+    where ``flips`` on every axis (see :func:`draw_shifts`); position ``u`` of an axis of ``size``
+    reads ``((size - 1 - u if flip else u) + shift) % size``.
 
     The noise is periodic (an inverse FFT) with independent, circularly symmetric coefficients, so a
     shifted or mirrored field has the same distribution as a fresh one: each mask is an exact FMix
     draw. Two samples of a batch share a field with probability 1/fields (then with different shifts
     in all but 1/N of cases), the one way a bank departs from fresh noise per sample.
     """
-    device = generator.device
+    batch, device = field.shape[0], field.device
     # int32 positions and index_select: a third of the time of int64 advanced indexing on CPU
-    field = torch.randint(bank.shape[0], (batch,), generator=generator, device=device, dtype=torch.int32)
     flat = field.view(batch, *([1] * len(spatial))) * math.prod(spatial)
     stride = math.prod(spatial)
     for axis, size in enumerate(spatial):
         stride //= size
-        shift = torch.randint(size, (batch, 1), generator=generator, device=device, dtype=torch.int32)
-        flip = torch.rand(batch, 1, generator=generator, device=device) < 0.5
         along = torch.arange(size, device=device, dtype=torch.int32).view(1, size)
-        along = torch.where(flip, size - 1 - along, along)
-        position = (along + shift) % size
+        along = torch.where(flips[axis], size - 1 - along, along)
+        position = (along + shifts[axis]) % size
         view = [batch] + [1] * len(spatial)
         view[axis + 1] = size
         flat = flat + (position * stride).view(view)
@@ -157,18 +169,27 @@ class FMix(Mixer):
         batch, size = x.shape[0], math.prod(spatial)
         masks = 1 if self.mode == "batch" else batch
         fields = bank_fields(spatial, self.bank_size)
+        rank = noise = shifts = None
         if fields:
             bank = rank_bank(spatial, float(self.decay_power), fields, str(generator.device))
-            rank = shifted_ranks(bank, spatial, masks, generator)
-            noise = None
+            shifts = draw_shifts(fields, spatial, masks, generator)
         else:
             noise = low_frequency_noise(masks, spatial, self.decay_power, generator).reshape(masks, size)
             rank = descending_ranks(noise)
-        lam = draws.lam[:masks].to(rank.device, torch.float64)
-        unmixed = ~draws.mixed.to(rank.device)
+        hard = self.max_soft == 0
+        if hard and shifts is not None and masks == batch and kernels.native_ready(x, self.fuse):
+            # the kernel reads the bank shifted in place (no [B, N] ranks) and derives own and λ
+            field, axis_shifts, axis_flips = shifts
+            mixed_x, own_lam = native.keep_below(x, draws.index, lam=draws.lam, mixed=draws.mixed, bank=bank,
+                                                 field=field, shifts=axis_shifts, flips=axis_flips)
+            return MixOutput(x=mixed_x, index=draws.index, lam=own_lam)
+        lam = draws.lam[:masks].to(generator.device, torch.float64)
+        unmixed = ~draws.mixed.to(generator.device)
         # an unmixed sample keeps all of its own elements
         own = torch.where(unmixed[:masks], size, torch.round(lam * size).long())
-        if self.max_soft == 0:  # rank < own: the own[b] largest noise values keep the sample's own
+        if shifts is not None:
+            rank = shifted_ranks(bank, spatial, *shifts)
+        if hard:  # rank < own: the own[b] largest noise values keep the sample's own
             ranks = rank.expand(batch, size).reshape(batch, *spatial)
             mixed_x = kernels.keep_below(x, draws.index, ranks, own.expand(batch).to(x.device), self.fuse)
         else:

@@ -77,6 +77,9 @@ class MemoryInput:
     def read_ahead(self, seed: int, epoch: int) -> None:
         """Nothing to read: the split is in memory (the streamed input's counterpart)."""
 
+    def read_share_ahead(self, world: int, rank: int) -> None:
+        """Nothing to read: the split is in memory (the streamed input's counterpart)."""
+
     def val_batches(self, world: int, rank: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         share = contiguous_share(len(self.x), world, rank)
         xs, ys = self.x[share], self.y[share]
@@ -90,7 +93,8 @@ class StreamedInput:
 
     An epoch's parts are read by a thread of their own, started by :meth:`read_ahead` before
     the epoch (while the model is built, or while the previous epoch validates and saves its
-    checkpoint) and kept at most a window ahead of the loop: a worker holds up to two windows.
+    checkpoint) and kept at most a window ahead of the loop: a worker holds up to two windows,
+    plus its validation share when that fits a window (read in the background from the start).
 
     Attributes:
         split: where the parts lie (a URL every node of the cluster reads).
@@ -106,7 +110,7 @@ class StreamedInput:
     read_cpus: float = 0.5
     prefetch: int = 2
     _held: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
-    _ahead: dict[int, _ReadAhead] = field(default_factory=dict, repr=False)
+    _ahead: dict[int | tuple, _ReadAhead] = field(default_factory=dict, repr=False)  # epoch, or ("share", world, rank)
 
     def __len__(self) -> int:
         return self.split.rows
@@ -184,11 +188,23 @@ class StreamedInput:
             if (share.stop - share.start) > self.window_rows:
                 yield from self._stream_val(share, batch_size)
                 return
-            batches = list(self._stream_val(share, batch_size, on_device=False))
+            self.read_share_ahead(world, rank)
+            batches = list(self._ahead.pop(("share", world, rank)))
             held = self._held[(world, rank)] = tuple(np.concatenate(column) for column in zip(*batches))
         x, y = held
         for start in range(0, max(len(x), 1), batch_size):
             yield self._on_device(x[start : start + batch_size], y[start : start + batch_size], None)[:2]
+
+    def read_share_ahead(self, world: int, rank: int) -> None:
+        """Start reading this rank's share in the background, when it is one :meth:`val_batches`
+        keeps (no larger than a window): the first validation then finds it read, instead of
+        waiting for Ray Data to start and read it after the first epoch's training."""
+        share = contiguous_share(self.split.rows, world, rank)
+        key = ("share", world, rank)
+        if (world, rank) in self._held or key in self._ahead or (share.stop - share.start) > self.window_rows:
+            return
+        whole = max(share.stop - share.start, 1)  # one block: the share is kept as one array
+        self._ahead[key] = _ReadAhead(self._stream_val(share, whole, on_device=False), depth=2)
 
     def _stream_val(self, share: slice, batch_size: int, on_device: bool = True) -> Iterator[tuple]:
         """Rows ``share`` of the split, ``batch_size`` at a time (on the device, or as host arrays)."""

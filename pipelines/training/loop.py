@@ -216,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(saved.weights)
         progress = TrainState(saved.progress.epoch, saved.progress.history, attempt)
     train_data.read_ahead(job.seed, progress.epoch)  # a streamed split starts reading while DDP sets up
+    val_data.read_share_ahead(world, rank)  # and the validation share, read by the first validation
     model = prepare_model(model)
     optimizer = build_optimizer(model.parameters(), job.optim)
     if saved is not None:

@@ -548,7 +548,7 @@ def test_fmix_bank_masks_are_distributed_as_fresh_ones():
     a bank and from fresh noise are one distribution by a two-sample KS test (2000 masks from 1024
     fields: nearly independent draws); one field alone, shifted and mirrored, gives hundreds of
     distinct masks, each a permutation of the ranks."""
-    from pipelines.mixing.fourier import descending_ranks, low_frequency_noise, rank_bank, shifted_ranks
+    from pipelines.mixing.fourier import descending_ranks, draw_shifts, low_frequency_noise, rank_bank, shifted_ranks
 
     spatial, n, own = (16, 16), 2000, 128
 
@@ -556,10 +556,10 @@ def test_fmix_bank_masks_are_distributed_as_fresh_ones():
         masks = (rank < own).reshape(-1, *spatial)
         return ((masks[:, 1:] != masks[:, :-1]).sum((1, 2)) + (masks[:, :, 1:] != masks[:, :, :-1]).sum((1, 2))).numpy()
 
-    banked = shifted_ranks(rank_bank(spatial, 3.0, 1024), spatial, n, torch_generator(4))
+    banked = shifted_ranks(rank_bank(spatial, 3.0, 1024), spatial, *draw_shifts(1024, spatial, n, torch_generator(4)))
     fresh = descending_ranks(low_frequency_noise(n, spatial, 3.0, torch_generator(5)).reshape(n, -1))
     assert stats.ks_2samp(boundaries(banked), boundaries(fresh)).pvalue > 0.01
-    one = shifted_ranks(rank_bank(spatial, 3.0, 1), spatial, 1000, torch_generator(6))
+    one = shifted_ranks(rank_bank(spatial, 3.0, 1), spatial, *draw_shifts(1, spatial, 1000, torch_generator(6)))
     assert one.unique(dim=0).shape[0] > 500  # of 16 x 16 shifts x 4 mirrorings = 1024
     assert torch.equal(one.sort(1).values, torch.arange(256).expand(1000, 256))
 
