@@ -181,7 +181,6 @@ class MergeParams(Section):
     include_base: bool = False
     params: dict[str, dict[str, Any]] = {}
     search: dict[str, dict[str, list[Any]]] = {}
-    interpolation_points: Annotated[int, Field(ge=2)] = 25
 
     _check_methods = field_validator("methods")(_unique_nonempty)
 
@@ -198,8 +197,12 @@ class MergeParams(Section):
 
 
 class EvaluateParams(Section):
+    """Test-split evaluation; ``interpolation_points`` points of the loss along the line between
+    the two fine-tunes best on validation."""
+
     ece_bins: Annotated[int, Field(ge=2)] = 15
     batch_size: PositiveInt = 512
+    interpolation_points: Annotated[int, Field(ge=2)] = 25
 
 
 class RayParams(Section):

@@ -105,15 +105,15 @@ def _tune(params: Params) -> None:
 
 def _merge(params: Params) -> None:
     from pipelines.merging import MERGE_METHODS
+    from pipelines.merging.registry import SUPPLIED_INPUTS
     from pipelines.registry import check_arguments
 
     for i, name in enumerate(params.merge.methods):
         MERGE_METHODS.get(name, key=f"merge.methods.{i}")
-    supplied = ("states", "base", "score", "scores", "fishers", "grams")  # the merge stage passes these
     for section in ("params", "search"):
         for name, given in getattr(params.merge, section).items():
             entry = MERGE_METHODS.get(name, key=f"merge.{section}.{name}")
-            unknown = sorted(k for k in given if not entry.accepts(k) or k in supplied)
+            unknown = sorted(k for k in given if not entry.accepts(k) or k in SUPPLIED_INPUTS)
             if unknown:
                 raise ConfigError(f"merge.{section}.{name}: {name} does not take {unknown}")
             if section == "search" and name not in params.merge.methods:

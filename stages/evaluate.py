@@ -3,10 +3,13 @@
 Usage:
     python -m stages.evaluate
 
-Reads ``seed`` and ``evaluate``; writes ``<results>/evaluation.parquet`` (``evaluation`` table: every
-metric with its 95% interval and the paired comparison against the base), ``<metrics>``
-(``metrics.json``: the base, the trial and the merge best on validation, with intervals),
-``<results>/model_metrics.json`` (every model) and CSV plot data under ``<plots>``.
+Reads ``seed``, ``evaluate`` and ``merge.include_base``; writes ``<results>/evaluation.parquet``
+(``evaluation`` table: every metric with its 95% interval and the paired comparison against the
+base), ``<metrics>`` (``metrics.json``: the base, the trial and the merge best on validation, with
+intervals), ``<results>/model_metrics.json`` (every model), CSV plot data under ``<plots>``, and
+the loss along the line between the two models best on validation (those merge chooses from:
+the trials, and the base with ``merge.include_base``) in ``<plots>/interpolation.csv``
+(``evaluate.interpolation_points`` points) with its barrier in ``<results>/interpolation.json``.
 Regression reports R², and MSE/RMSE/MAE in the target's units (``target_std`` of prepare's stats).
 """
 
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 from pipelines import storage, tables
 from pipelines.data import read_prepared
-from pipelines.evaluation import NamedModel, bootstrap_seed, evaluate_models
-from pipelines.evaluation.plot_data import models_plot
+from pipelines.evaluation import (
+    HeldOutObjective, NamedModel, best_two, bootstrap_seed, evaluate_models, interpolation_curve, loss_barrier,
+)
+from pipelines.evaluation.plot_data import models_plot, name_endpoints
 from pipelines.evaluation.summary import evaluation_view, model_metrics, summary_metrics
 from pipelines.models import load_model, load_state_dict, model_from_state
 from stages.common import entrypoint, params, target_scale
@@ -42,6 +47,21 @@ def main(argv: list[str]) -> None:
     storage.write_json(storage.join(p.paths.results, "model_metrics.json"), model_metrics(evaluation, card.task))
     storage.write_text(storage.join(p.paths.plots, "models.csv"), models_plot(evaluation, card.task).to_csv(index=False))
     storage.write_text(storage.join(p.paths.plots, "reliability.csv"), reliability.to_csv(index=False))
+
+    names, states = list(trials["trial"]), [load_state_dict(path) for path in trials["checkpoint"]]
+    if p.merge.include_base:
+        names.append("base")
+        states.append(load_state_dict(p.paths.base_model))
+    val = read_prepared(p.paths.prepared, "val")
+    objective = HeldOutObjective(card, val.x, val.y, p.evaluate.batch_size)
+    best = best_two([objective(s)[0] for s in states])
+    pair = [names[i] for i in best] if len(best) == 2 else ["base", names[0]]
+    a, b = (states[i] for i in best) if len(best) == 2 else (load_state_dict(p.paths.base_model), states[0])
+    curve = interpolation_curve(card, a, b, {"val": (val.x, val.y), "test": (test.x, test.y)}, p.evaluate.interpolation_points)
+    curve = name_endpoints(curve, pair)
+    storage.write_text(storage.join(p.paths.plots, "interpolation.csv"), curve.to_csv(index=False))
+    barriers = {f"{split}_loss_barrier": round(loss_barrier(curve["t"], curve[f"{split}_loss"]), 6) for split in ("val", "test")}
+    storage.write_json(storage.join(p.paths.results, "interpolation.json"), {"interpolation": {"pair": pair, **barriers}})
     print(evaluation_view(evaluation, card.task).to_string(index=False))
 
 if __name__ == "__main__":

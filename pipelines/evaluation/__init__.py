@@ -12,7 +12,7 @@ from pipelines.evaluation.metrics import (
     reliability,
 )
 from pipelines.evaluation.predict import predict_logits
-from pipelines.evaluation.interpolation import interpolation_curve, loss_barrier
+from pipelines.evaluation.interpolation import best_two, interpolation_curve, loss_barrier
 from pipelines.evaluation.uncertainty import bootstrap_seed, mcnemar_p, paired_p, wilson_interval
 from pipelines.evaluation.suite import HeldOutObjective, NamedModel, evaluate_models, output_metrics, score_state
 
@@ -26,6 +26,7 @@ __all__ = [
     "evaluate_models",
     "classification_metrics",
     "expected_calibration_error",
+    "best_two",
     "interpolation_curve",
     "loss_barrier",
     "mcnemar_p",

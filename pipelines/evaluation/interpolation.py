@@ -52,3 +52,9 @@ def loss_barrier(t: np.ndarray, loss: np.ndarray) -> float:
     line between its ends (0 or less: linearly mode-connected)."""
     t, loss = np.asarray(t, dtype=np.float64), np.asarray(loss, dtype=np.float64)
     return float(np.max(loss - ((1 - t) * loss[0] + t * loss[-1])))
+
+
+def best_two(scores: list[float]) -> list[int]:
+    """Positions of the two highest ``scores`` (ties by position), best first: the pair SLERP
+    merges and the interpolation curve joins."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:2]

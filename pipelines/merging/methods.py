@@ -1,4 +1,6 @@
-"""The task-vector, interpolation and geometry methods as functions with explicit parameters.
+"""The merge methods that are not rows of the task-vector table (:mod:`pipelines.merging.recipes`):
+averages, interpolation and geometry, data-dependent and per-entry rules, as functions with
+explicit parameters.
 
 Each takes ``states`` (and ``base`` where it merges task vectors) and returns the merged state
 dict with the indices of the models it used; :mod:`pipelines.merging.registry` names them.
@@ -6,39 +8,41 @@ dict with the indices of the models it used; :mod:`pipelines.merging.registry` n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated, Literal
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
 from pipelines.errors import ConfigError
-from pipelines.merging import alignment
+from pipelines.merging import alignment, competition
+from pipelines.merging.recipes import FUNCTIONS as RECIPE_FUNCTIONS
+from pipelines.merging.recipes import Density, Merged, Seed, Weights
+from pipelines.merging.spherical import spherical_mean
 from pipelines.merging.state import StateDict, check_compatible, weighted_average
-from pipelines.merging.task_vectors import TaskVectorOptions, merge_task_vectors, model_stock_ratio, slerp
+from pipelines.merging.task_vectors import model_stock_ratio, slerp
 
-Merged = tuple[StateDict, list[int]]
-
-# The parameters' types and ranges: params.yaml values (merge.params, every merge.search candidate)
-# are checked against these signatures before any stage starts Ray (registry.check_arguments).
-Density = Annotated[float, Field(gt=0, le=1)]
-Gamma = Annotated[float, Field(ge=0, lt=1)]
+Iterations = Annotated[int, Field(gt=0)]
 Unit = Annotated[float, Field(ge=0, le=1)]
-TopkScope = Literal["tensor", "model"]
-Election = Literal["weighted", "unweighted"]
-ZeroSum = Literal["zero", "positive"]
-Combine = Literal["mean", "sum"]
-Rescale = Literal["inverse_density", "l1"] | None
-Seed = Annotated[int, Field(ge=0)]
-Weights = Annotated[Sequence[float], Field(min_length=1)] | None
 
 
 def _all(states: Sequence[StateDict]) -> list[int]:
     return list(range(len(states)))
 
 
-def _weights(weights: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if weights is None else tuple(float(w) for w in weights)
+def _tensorwise(base: StateDict, states: Sequence[StateDict], rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> StateDict:
+    """``rule(reference, stacked)`` for each floating tensor of ``base`` (float64; ``stacked`` the
+    models' tensors ``[M, ...]``), cast back; other tensors (counters) come from the base."""
+    check_compatible([base, *states])
+    merged: StateDict = {}
+    for name, reference in base.items():
+        if not reference.is_floating_point():
+            merged[name] = reference.clone()
+            continue
+        stacked = torch.stack([s[name].double() for s in states])
+        merged[name] = rule(reference.double(), stacked).to(reference.dtype)
+    return merged
 
 
 def linear(states: Sequence[StateDict], weights: Weights = None) -> Merged:
@@ -46,76 +50,101 @@ def linear(states: Sequence[StateDict], weights: Weights = None) -> Merged:
     return weighted_average(states, weights), _all(states)
 
 
-def task_arithmetic(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0
+def lines(
+    states: Sequence[StateDict], base: StateDict, depths: Mapping[str, int],
+    base_method: Literal["task_arithmetic", "ties"] = "task_arithmetic", alpha: float = 1.0, beta: float = 0.0,
+    base_params: Mapping[str, Any] | None = None,
 ) -> Merged:
-    """``base + scale * sum_i w_i (model_i - base)`` (Ilharco et al., ICLR 2023)."""
-    options = TaskVectorOptions(weights=_weights(weights), scale=scale, combine="sum")
-    return merge_task_vectors(states, base, "none", False, options), _all(states)
+    """LiNeS (Wang et al., "LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances
+    Model Merging", ICLR 2025, https://arxiv.org/abs/2410.17146): merge with ``base_method``
+    (``base_params``: its own parameters), then scale the merged task vector of layer ``l`` of
+    ``L`` by ``alpha + beta * (l - 1) / (L - 1)``: shallow layers stay near the base, deep ones
+    take more of the task. ``depths`` gives each parameter's layer (the model registry's depth
+    map, :func:`pipelines.models.zoo.layer_depths`). ``alpha = 1, beta = 0`` is the base method.
+    """
+    merge_first = RECIPE_FUNCTIONS[base_method]
+    given = dict(base_params or {})
+    unknown = sorted(set(given) - (set(inspect.signature(merge_first).parameters) - {"states", "base"}))
+    if unknown:
+        raise ConfigError(f"merge: lines.base_params: {base_method} does not take {unknown}")
+    merged_first, members = merge_first(states, base, **given)
+    floating = [n for n, t in base.items() if t.is_floating_point()]
+    missing = [n for n in floating if n not in depths]
+    if missing:
+        raise ConfigError(f"merge: lines has no layer depth for {missing[:3]} (the model's depth map)")
+    layers = max((depths[n] for n in floating), default=1)
+    merged: StateDict = {}
+    for name, reference in base.items():
+        if not reference.is_floating_point():
+            merged[name] = merged_first[name]
+            continue
+        factor = alpha + beta * (depths[name] - 1) / (layers - 1) if layers > 1 else alpha
+        tau = merged_first[name].double() - reference.double()
+        merged[name] = (reference.double() + factor * tau).to(reference.dtype)
+    return merged, members
 
 
-def ties(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
-    density: Density = 0.2, topk_scope: TopkScope = "tensor", election: Election = "weighted",
-    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
+def magmax(states: Sequence[StateDict], base: StateDict, scale: float = 1.0) -> Merged:
+    """MagMax (Marczak et al., "MagMax: Leveraging Model Merging for Seamless Continual
+    Learning", ECCV 2024, https://arxiv.org/abs/2407.06322): per parameter, the task-vector entry
+    of largest magnitude across the models (the earlier model at a tie), ``base + scale * that``."""
+    def largest(reference: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+        taus = stacked - reference
+        pick = taus.abs().argmax(0, keepdim=True)  # the first maximum: the earlier model wins a tie
+        return reference + scale * taus.gather(0, pick).squeeze(0)
+
+    return _tensorwise(base, states, largest), _all(states)
+
+
+def pcb(states: Sequence[StateDict], base: StateDict, ratio: Density = 0.2, scale: float = 1.0) -> Merged:
+    """PCB-Merging (Du et al., "Parameter Competition Balancing for Model Merging", NeurIPS 2024,
+    https://arxiv.org/abs/2410.02396): each task vector's entries are weighted by intra-balancing
+    (their magnitude within the task) times inter-balancing (their agreement with the other
+    tasks); per task only the top ``ratio`` of weights survive, and the merged task vector is the
+    weighted mean, ``base + scale * that`` (:mod:`pipelines.merging.competition`). Over the whole
+    model at once, as the authors' code flattens it. ``ratio`` 0.2 is TIES' density, not the paper's."""
+    if len(states) < 2:
+        raise ConfigError(f"merge: pcb balances at least 2 fine-tuned models, got {len(states)}")
+    check_compatible([base, *states])
+    names = [n for n, t in base.items() if t.is_floating_point()]
+    taus = torch.stack([torch.cat([(s[n].double() - base[n].double()).flatten() for n in names]) for s in states])
+    merged_tau = competition.pcb_merge(taus, ratio)
+    merged: StateDict = {n: t.clone() for n, t in base.items() if not t.is_floating_point()}
+    start = 0
+    for name in names:
+        reference = base[name]
+        piece = merged_tau[start : start + reference.numel()].reshape(reference.shape)
+        merged[name] = (reference.double() + scale * piece).to(reference.dtype)
+        start += reference.numel()
+    return {n: merged[n] for n in base}, _all(states)
+
+
+def karcher(
+    states: Sequence[StateDict], weights: Weights = None, max_iter: Iterations = 50,
 ) -> Merged:
-    """TIES-Merging (Yadav et al., NeurIPS 2023): trim each task vector to its top ``density``
-    by magnitude (paper: 0.2, over the whole model; default here per tensor, as mergekit), elect
-    a sign per entry, average the agreeing entries."""
-    options = TaskVectorOptions(_weights(weights), scale, density, topk_scope, election, zero_sum, combine)
-    return merge_task_vectors(states, base, "magnitude", True, options), _all(states)
+    """Karcher mean (mergekit's ``karcher``; Buss & Fillmore, ACM TOG 2001): tensor by tensor, the
+    weighted Riemannian mean of the models' directions on the unit sphere, scaled by their weighted
+    mean norm (:func:`pipelines.merging.spherical.spherical_mean`). Of two models of equal norm it
+    is their SLERP at t = 0.5."""
+    check_compatible(states)
+    w = [1.0] * len(states) if weights is None else [float(v) for v in weights]
+    if len(w) != len(states) or sum(w) <= 0 or min(w) < 0:
+        raise ConfigError(f"merge: karcher takes one non-negative weight per model, not all 0, got {list(w)}")
+    merged = {n: spherical_mean([s[n] for s in states], w, max_iter) if t.is_floating_point() else t.clone()
+              for n, t in states[0].items()}
+    return merged, _all(states)
 
 
-def dare_linear(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
-    density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0,
-) -> Merged:
-    """DARE (Yu et al., ICML 2024) then task arithmetic: drop entries at random, keep
-    ``density`` of them rescaled by ``1 / density`` (the paper; ``rescale="l1"`` as mergekit)."""
-    options = TaskVectorOptions(_weights(weights), scale, density, rescale=rescale, seed=seed, combine="sum")
-    return merge_task_vectors(states, base, "random", False, options), _all(states)
-
-
-def dare_ties(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
-    density: Density = 0.5, rescale: Rescale = "inverse_density", seed: Seed = 0, election: Election = "weighted",
-    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
-) -> Merged:
-    """DARE's random drop, then TIES' sign election and disjoint mean."""
-    options = TaskVectorOptions(
-        _weights(weights), scale, density, election=election, zero_sum=zero_sum, combine=combine, rescale=rescale, seed=seed
-    )
-    return merge_task_vectors(states, base, "random", True, options), _all(states)
-
-
-def breadcrumbs(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
-    density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None,
-) -> Merged:
-    """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024): per tensor, drop the top ``gamma``
-    outliers and keep the next ``density`` by magnitude, then task arithmetic."""
-    options = TaskVectorOptions(_weights(weights), scale, density, rescale=rescale, gamma=gamma, combine="sum")
-    return merge_task_vectors(states, base, "breadcrumbs", False, options), _all(states)
-
-
-def breadcrumbs_ties(
-    states: Sequence[StateDict], base: StateDict, weights: Weights = None, scale: float = 1.0,
-    density: Density = 0.9, gamma: Gamma = 0.01, rescale: Rescale = None, election: Election = "weighted",
-    zero_sum: ZeroSum = "positive", combine: Combine = "mean",
-) -> Merged:
-    """Breadcrumbs' outlier-trimmed sparsification, then TIES' sign election and disjoint mean."""
-    options = TaskVectorOptions(
-        _weights(weights), scale, density, election=election, zero_sum=zero_sum, combine=combine, rescale=rescale, gamma=gamma
-    )
-    return merge_task_vectors(states, base, "breadcrumbs", True, options), _all(states)
-
-
-def slerp_merge(states: Sequence[StateDict], t: Unit = 0.5) -> Merged:
-    """SLERP of exactly two models, tensor by tensor (``t = 0`` gives the first)."""
-    if len(states) != 2:
-        raise ConfigError(f"merge: slerp merges exactly 2 models, got {len(states)}")
+def slerp_merge(states: Sequence[StateDict], t: Unit = 0.5, weights: Weights = None) -> Merged:
+    """SLERP, tensor by tensor: of two models at ``t`` (``t = 0`` gives the first); of more (or
+    with ``weights``), the spherical average of their directions with those weights (uniform by
+    default) at their weighted mean norm, as :func:`karcher`."""
+    if len(states) < 2:
+        raise ConfigError(f"merge: slerp merges at least 2 models, got {len(states)}")
     if not 0 <= t <= 1:
         raise ConfigError(f"merge: t must be in [0, 1], got {t!r}")
+    if len(states) > 2 or weights is not None:
+        return karcher(states, weights)
     check_compatible(states)
     first, second = states
     merged = {n: slerp(a, second[n], t) if a.is_floating_point() else a.clone() for n, a in first.items()}
@@ -128,16 +157,12 @@ def model_stock(states: Sequence[StateDict], base: StateDict) -> Merged:
     (:func:`~pipelines.merging.task_vectors.model_stock_ratio`)."""
     if len(states) < 2:
         raise ConfigError(f"merge: model_stock needs at least 2 fine-tuned models, got {len(states)}")
-    check_compatible([base, *states])
-    merged: StateDict = {}
-    for name, reference in base.items():
-        if not reference.is_floating_point():
-            merged[name] = reference.clone()
-            continue
-        stacked = torch.stack([s[name].double() for s in states])
-        ratio = model_stock_ratio(stacked - reference.double())
-        merged[name] = (ratio * stacked.mean(0) + (1 - ratio) * reference.double()).to(reference.dtype)
-    return merged, _all(states)
+
+    def towards_the_mean(reference: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+        ratio = model_stock_ratio(stacked - reference)
+        return ratio * stacked.mean(0) + (1 - ratio) * reference
+
+    return _tensorwise(base, states, towards_the_mean), _all(states)
 
 
 def fisher(

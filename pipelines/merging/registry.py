@@ -5,23 +5,33 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.errors import ConfigError
-from pipelines.merging import methods, soups
+from pipelines.merging import adaptive, methods, pleas, recipes, soups
 from pipelines.merging.state import ModelSource, StateDict, resolve
 from pipelines.registry import Registry
 
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """One named method: what to call, how to cite it."""
+    """One named method: what to call, how to cite it, and what the merge stage must hand it.
+
+    Attributes:
+        needs_base: it merges task vectors against the shared initialisation.
+        needs: the inputs of :data:`SUPPLIED_INPUTS` it takes, computed by the merge stage
+            (:mod:`pipelines.merging.run`) and never set in params.yaml.
+        members: which models it merges: ``"all"`` the fine-tunes, ``"best_two"`` the two best on
+            validation (SLERP by definition).
+    """
 
     name: str
     pretty_name: str
     paper_url: str
     function: Callable[..., tuple[StateDict, list[int]]]
     needs_base: bool = False
+    needs: tuple[str, ...] = ()
+    members: Literal["all", "best_two"] = "all"
 
     def accepts(self, parameter: str) -> bool:
         """Whether the method takes ``parameter`` (the merge stage passes data-dependent ones only then)."""
@@ -37,26 +47,31 @@ class MergeResult:
 
 MERGE_METHODS: Registry[MergeMethod] = Registry("merge method")
 
+# what the merge stage passes a method, never params.yaml: the models and the base, and what a row
+# lists in `needs`: a validation scorer and the models' own validation scores, Fisher diagonals and
+# Gram matrices on the validation split, each parameter's layer depth (the model's depth map), the
+# test split's inputs without their labels, and a module of the architecture (for functional calls)
+SUPPLIED_INPUTS = ("states", "base", "score", "scores", "fishers", "grams", "depths", "unlabelled_inputs", "model")
+
 _SOUPS = "https://arxiv.org/abs/2203.05482"
-_TASK_ARITHMETIC = "https://arxiv.org/abs/2212.04089"
-_TIES = "https://arxiv.org/abs/2306.01708"
-_DARE = "https://arxiv.org/abs/2311.03099"
-_BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
 for _method in (
     MergeMethod("linear", "Linear (weighted average)", _SOUPS, methods.linear),
     MergeMethod("uniform_soup", "Uniform soup", _SOUPS, soups.uniform_soup),
-    MergeMethod("greedy_soup", "Greedy soup", _SOUPS, soups.greedy_soup),
-    MergeMethod("task_arithmetic", "Task arithmetic", _TASK_ARITHMETIC, methods.task_arithmetic, needs_base=True),
-    MergeMethod("ties", "TIES-Merging", _TIES, methods.ties, needs_base=True),
-    MergeMethod("dare_linear", "DARE + task arithmetic", _DARE, methods.dare_linear, needs_base=True),
-    MergeMethod("dare_ties", "DARE + TIES", _DARE, methods.dare_ties, needs_base=True),
-    MergeMethod("breadcrumbs", "Model Breadcrumbs", _BREADCRUMBS, methods.breadcrumbs, needs_base=True),
-    MergeMethod("breadcrumbs_ties", "Model Breadcrumbs + TIES", _BREADCRUMBS, methods.breadcrumbs_ties, needs_base=True),
-    MergeMethod("slerp", "SLERP", "https://dl.acm.org/doi/10.1145/325165.325242", methods.slerp_merge),
+    MergeMethod("greedy_soup", "Greedy soup", _SOUPS, soups.greedy_soup, needs=("score", "scores")),
+    # the sparsifier x consensus rows (task arithmetic, TIES, DARE, DELLA, breadcrumbs), as data
+    *(MergeMethod(r.name, r.pretty_name, r.paper_url, recipes.FUNCTIONS[r.name], needs_base=True) for r in recipes.RECIPES),
+    MergeMethod("magmax", "MagMax", "https://arxiv.org/abs/2407.06322", methods.magmax, needs_base=True),
+    MergeMethod("pcb", "PCB-Merging", "https://arxiv.org/abs/2410.02396", methods.pcb, needs_base=True),
+    MergeMethod("lines", "LiNeS", "https://arxiv.org/abs/2410.17146", methods.lines, needs_base=True, needs=("depths",)),
+    MergeMethod("adamerging", "AdaMerging", "https://arxiv.org/abs/2310.02575", adaptive.adamerging, needs_base=True,
+                needs=("unlabelled_inputs", "model")),
+    MergeMethod("slerp", "SLERP", "https://dl.acm.org/doi/10.1145/325165.325242", methods.slerp_merge, members="best_two"),
+    MergeMethod("karcher", "Karcher mean", "https://doi.org/10.1145/502122.502124", methods.karcher),
     MergeMethod("model_stock", "Model Stock", "https://arxiv.org/abs/2403.19522", methods.model_stock, needs_base=True),
-    MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher),
-    MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean),
+    MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher, needs=("fishers",)),
+    MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean, needs=("grams",)),
     MergeMethod("weight_matching", "Git Re-Basin weight matching", "https://arxiv.org/abs/2209.04836", methods.weight_matching),
+    MergeMethod("pleas", "PLeaS", "https://arxiv.org/abs/2407.02447", pleas.pleas, needs=("unlabelled_inputs", "model")),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

@@ -87,6 +87,37 @@ def random_drop(
     return _rescaled(kept, task_vector, density, rescale)
 
 
+def della_keep_probabilities(task_vector: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's MagPrune probabilities (Deep et al., "DELLA-Merging: Reducing Interference in Model
+    Merging through Magnitude-Based Sampling", 2024, https://arxiv.org/abs/2406.11617), per row
+    (a 1-D tensor is one row): the entries ranked by magnitude (ties by index) keep with
+    probabilities spaced evenly from ``density - epsilon`` (smallest) to ``density + epsilon``
+    (largest), so a row keeps ``density`` of its entries in expectation. A row of one entry
+    keeps it with probability ``density``."""
+    rows = task_vector.reshape(task_vector.shape[0] if task_vector.ndim > 1 else 1, -1)
+    count = rows.shape[1]
+    order = torch.argsort(rows.abs(), dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(count, device=rows.device).expand_as(order))
+    spread = rank.double() / (count - 1) if count > 1 else torch.full(rows.shape, 0.5, dtype=torch.float64)
+    return ((density - epsilon) + 2 * epsilon * spread).reshape(task_vector.shape)
+
+
+def della(
+    task_vector: torch.Tensor, density: float, epsilon: float, generator: torch.Generator,
+    rescale: Rescale = "inverse_density",
+) -> torch.Tensor:
+    """DELLA's MagPrune: keep each entry with its :func:`della_keep_probabilities` probability
+    (drawn from ``generator`` as :func:`random_drop` draws, so ``epsilon = 0`` is DARE), then
+    rescale: ``"inverse_density"`` divides each kept entry by its own keep probability (the
+    paper's rescaling; unbiased), ``"l1"`` matches the L1 norm, None leaves the entries."""
+    probability = della_keep_probabilities(task_vector, density, epsilon)
+    keep = torch.rand(task_vector.shape, generator=generator, device=generator.device).to(task_vector.device) < probability
+    kept = torch.where(keep, task_vector, torch.zeros_like(task_vector))
+    if rescale == "inverse_density":
+        return (kept.double() / probability).to(task_vector.dtype)
+    return _rescaled(kept, task_vector, density, rescale)
+
+
 def breadcrumbs(task_vector: torch.Tensor, density: float, gamma: float, rescale: Rescale = None) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky, ECCV 2024, https://arxiv.org/abs/2312.06795): drop
     the largest ``gamma`` fraction of entries (outliers) and everything below the next ``density``

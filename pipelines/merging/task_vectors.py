@@ -1,7 +1,8 @@
 """Task-vector merging (Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023,
 https://arxiv.org/abs/2212.04089) and its sparsified / sign-consensus variants, as one recipe.
 
-A method is a row: a sparsifier (none, magnitude top-k, DARE's random drop, breadcrumbs) x sign
+A method is a row: a sparsifier (none, magnitude top-k, DARE's random drop, DELLA's
+magnitude-ranked drop, breadcrumbs) x sign
 consensus (TIES election + disjoint merge, or none) x a combiner, applied tensor by tensor to
 ``tau_i = model_i - base``; the result is ``base + scale * merged(tau)``. Floating tensors are
 merged in float64 and cast back; other tensors (counters) come from the base.
@@ -21,7 +22,7 @@ from pipelines.merging.lazy import tensor_spec
 from pipelines.merging.state import StateDict, check_compatible
 from pipelines.seeding import derive_seed, torch_generator
 
-Sparsifier = Literal["none", "magnitude", "random", "breadcrumbs"]
+Sparsifier = Literal["none", "magnitude", "random", "della", "breadcrumbs"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class TaskVectorOptions:
         zero_sum: what a zero-sum election gives: ``"positive"`` (mergekit) or ``"zero"``.
         combine: ``"mean"`` (TIES' disjoint mean; without consensus the weight-normalised mean)
             or ``"sum"`` (task arithmetic).
-        rescale: after a random drop or breadcrumbs: ``"inverse_density"`` (DARE paper),
-            ``"l1"`` (mergekit's norm matching) or None.
+        rescale: after a random drop or breadcrumbs: ``"inverse_density"`` (DARE paper; for DELLA
+            each entry's own keep probability), ``"l1"`` (mergekit's norm matching) or None.
         gamma: breadcrumbs' fraction of largest entries dropped as outliers.
+        epsilon: DELLA's spread of keep probabilities around ``density``.
         seed: random drops draw from a generator seeded by (seed, tensor name, model index).
     """
 
@@ -53,6 +55,7 @@ class TaskVectorOptions:
     combine: Literal["mean", "sum"] = "sum"
     rescale: sparsify.Rescale = "inverse_density"
     gamma: float = 0.0
+    epsilon: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +63,9 @@ class TaskVectorOptions:
             raise ConfigError(f"merge: density must be in (0, 1], got {self.density!r}")
         if not 0 <= self.gamma < 1 or self.gamma + self.density > 1:
             raise ConfigError(f"merge: gamma must be in [0, 1) with gamma + density <= 1, got {self.gamma!r}")
+        if not 0 <= self.epsilon < self.density or self.density + self.epsilon > 1:
+            raise ConfigError(f"merge: epsilon must satisfy 0 <= epsilon < density and density + epsilon <= 1, "
+                              f"got epsilon {self.epsilon!r} with density {self.density!r}")
         for name, value, allowed in (
             ("topk_scope", self.topk_scope, ("tensor", "model")),
             ("election", self.election, ("weighted", "unweighted")),
@@ -78,8 +84,10 @@ def _sparsified(
         return tau
     if sparsifier == "magnitude":
         return sparsify.magnitude(tau, options.density, threshold)
-    if sparsifier == "random":
+    if sparsifier in ("random", "della"):  # one stream for both: DELLA at epsilon 0 draws DARE's masks
         generator = torch_generator(derive_seed(options.seed, "dare", name, index))
+        if sparsifier == "della":
+            return sparsify.della(tau, options.density, options.epsilon, generator, options.rescale)
         return sparsify.random_drop(tau, options.density, generator, options.rescale)
     return sparsify.breadcrumbs(tau, options.density, options.gamma, options.rescale)
 

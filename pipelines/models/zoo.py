@@ -155,6 +155,43 @@ def resnet18_cifar(input_shape: Sequence[int], num_classes: int, width: int = 64
     return ResNetCifar(input_shape[0], num_classes, width)
 
 
+def module_order_depths(names: Sequence[str]) -> dict[str, int]:
+    """Depth 1, 2, ... of each parameter by the order its module first appears (a sequential
+    model's layers): a layer's weight and bias share one depth."""
+    order: dict[str, int] = {}
+    for name in names:
+        order.setdefault(name.rpartition(".")[0], len(order) + 1)
+    return {name: order[name.rpartition(".")[0]] for name in names}
+
+
+def residual_block_depths(names: Sequence[str]) -> dict[str, int]:
+    """Depth of each ResNet parameter by block: the stem 1, each residual block (its convolutions,
+    batch norms and shortcut together) the next, the classifier last."""
+    def block(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if parts[0].startswith("layer") else parts[0]
+
+    order: dict[str, int] = {}
+    for name in names:
+        order.setdefault(block(name), len(order) + 1)
+    return {name: order[block(name)] for name in names}
+
+
+# every registered model's layer depths (LiNeS scales a merged task vector by depth)
+DEPTH_MAPS: dict[str, Callable[[Sequence[str]], dict[str, int]]] = {
+    "mlp": module_order_depths,
+    "cnn": module_order_depths,
+    "cnn1d": module_order_depths,
+    "resnet18_cifar": residual_block_depths,
+}
+
+
+def layer_depths(model: str, names: Sequence[str]) -> dict[str, int]:
+    """Depth (1 = the input side) of each parameter ``names`` of the registered ``model``."""
+    MODELS.get(model, key="train.model")
+    return DEPTH_MAPS[model](list(names))
+
+
 @torch.no_grad()
 def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
     """Re-initialise every linear and conv layer from ``generator`` with PyTorch's default scheme

@@ -27,7 +27,11 @@ TINY_PARAMS = {
     # one rung: rungs and their continuation are the library tests' (test_ray_library, test_cluster)
     "tune": {"methods": ["mixup", "cutmix"], "alphas": [0.2, 1.0], "epochs": 1, "grace_period": 1,
              "max_concurrent_trials": 2},
-    "merge": {"search": {"task_arithmetic": {"scale": [0.5]}, "ties": {"density": [0.2, 0.5], "scale": [1.0]}}},
+    # one method of each kind of input the stage supplies (scores, Fishers, Grams, unlabelled inputs
+    # and the architecture, SLERP's two best), not every default one
+    "merge": {"methods": ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "model_stock", "slerp", "fisher",
+                          "regmean", "adamerging", "pleas"],
+              "search": {"task_arithmetic": {"scale": [0.5]}, "ties": {"density": [0.2, 0.5], "scale": [1.0]}}},
 }
 
 

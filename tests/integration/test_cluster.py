@@ -42,8 +42,9 @@ JOB_PARAMS = {
     "tune": {"methods": ["mixup"], "alphas": [0.2, 1.0], "epochs": 1, "grace_period": 1, "max_concurrent_trials": 2},
     # one point per searched method (params.yaml's grids merge with these): what is tested here is
     # that a searching merge runs as a job
-    "merge": {"methods": ["uniform_soup", "task_arithmetic", "ties"], "interpolation_points": 5,
+    "merge": {"methods": ["uniform_soup", "task_arithmetic", "ties"],
               "search": {"task_arithmetic": {"scale": [0.5]}, "ties": {"density": [0.5], "scale": [1.0]}}},
+    "evaluate": {"interpolation_points": 5},
     "storage": {"shared_uri": STORE},
 }
 RAY_STAGES = ["augment@mixup", "merge", "train", "tune"]

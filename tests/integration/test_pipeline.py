@@ -22,8 +22,7 @@ pytestmark = pytest.mark.integration
 
 STAGES = ["validate", "prepare", "augment@mixup", "train", "tune", "merge", "evaluate", "report"]
 TRIALS = ["t00-mixup-a0.2", "t01-mixup-a1", "t02-cutmix-a0.2", "t03-cutmix-a1"]
-MERGES = ["uniform_soup", "greedy_soup", "task_arithmetic", "ties", "dare_ties", "model_stock", "slerp", "fisher", "regmean",
-          "weight_matching"]
+MERGES = TINY_PARAMS["merge"]["methods"]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +85,7 @@ def test_merge_and_evaluate_cover_every_model(workspace):
     assert merges["method"].tolist() == MERGES
     counts = merges.set_index("method")["num_models"]
     assert counts["uniform_soup"] == counts["ties"] == counts["model_stock"] == counts["fisher"] == 4
+    assert counts["adamerging"] == counts["pleas"] == 4
     assert counts["slerp"] == 2
     assert 1 <= counts["greedy_soup"] <= 4
     by_method = merges.set_index("method")
@@ -176,8 +176,9 @@ def test_a_bad_param_stops_dvc_before_any_output_is_touched(workspace):
 @pytest.mark.parametrize(
     ("key", "value", "changed"),
     [
-        ("merge.include_base", True, {"merge"}),
+        ("merge.include_base", True, {"merge", "evaluate"}),  # evaluate's interpolation picks from the same models
         ("evaluate.ece_bins", 10, {"merge", "evaluate"}),  # the merges table reports ECE too
+        ("evaluate.interpolation_points", 5, {"evaluate"}),  # the curve is evaluation: merging does not run again
         ("train.epochs", 3, {"train"}),
         ("tune.alphas", [0.5], {"tune"}),
         ("mixing.alpha", 0.4, {"augment@mixup", "train"}),

@@ -412,7 +412,7 @@ def test_merge_search_evaluates_every_grid_point_with_ray_tune(ray_local, splits
     from pipelines.evaluation import HeldOutObjective
     from pipelines.merging import merge
     from pipelines.models import build_model
-    from pipelines.tuning.merge_search import best_point, cached_points, search_merge_params
+    from pipelines.merging.search import best_point, cached_points, search_merge_params
 
     train, val = splits
     card = ModelCard("mlp", (1, 8, 8), 10, seed=1)

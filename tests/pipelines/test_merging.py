@@ -19,19 +19,54 @@ def score_by_distance(target):
     return lambda state: -float((state["w"] - torch.tensor(target)).abs().sum())
 
 
+class ToyClassifier(torch.nn.Module):
+    """Two-class logits from the toy states' tensors (``w``, ``b``; ``steps`` a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+        self.register_buffer("steps", torch.tensor(0))
+
+    def forward(self, x):
+        score = x @ self.w + self.b
+        return torch.stack([score, -score], dim=1)
+
+
+def supplied_inputs(need, models):
+    """What the merge stage would hand a method for each input its row declares (tiny stand-ins)."""
+    if need == "model":
+        return ToyClassifier()
+    if need == "unlabelled_inputs":
+        return torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    return {
+        "score": score_by_distance([3.0, 2.0]),
+        "scores": None,
+        "fishers": [{k: torch.ones_like(v) for k, v in m.items() if v.is_floating_point()} for m in models],
+        "grams": [{} for _ in models],  # no linear layers: every tensor is averaged
+        "depths": {"w": 1, "b": 2, "0.w": 1, "0.b": 2},
+    }[need]
+
+
 @pytest.mark.parametrize("name", MERGE_METHODS.names())
 def test_registry_methods_keep_keys_shapes_and_dtypes(name):
+    """The walk reads each row's declaration (``needs``, ``members``, ``needs_base``), as the merge
+    stage and config validation do; the declaration must match the function's parameters."""
+    from pipelines.merging.registry import SUPPLIED_INPUTS
+
     entry = MERGE_METHODS.get(name)
     assert entry.paper_url.startswith("https://") and entry.pretty_name
-    extra = {"score": score_by_distance([3.0, 2.0])} if entry.accepts("score") else {}
-    models = states()[:2] if name == "slerp" else states()
+    declared = {p for p in SUPPLIED_INPUTS if entry.accepts(p)} - {"states", "base"}
+    assert set(entry.needs) == declared, f"{name} takes {sorted(declared)} but its row declares {entry.needs}"
+    assert entry.accepts("base") == entry.needs_base
+    models = states()[:2] if entry.members == "best_two" else states()
     if name == "weight_matching":  # aligns layer chains: the same tensors, named as nn.Sequential names them
         models = [{f"0.{k}": v for k, v in m.items()} for m in models]
     base = {"w": torch.tensor([0.5, 0.5]), "b": torch.tensor([0.0]), "steps": torch.tensor(1)} if entry.needs_base else None
-    if entry.accepts("fishers"):
-        extra["fishers"] = [{k: torch.ones_like(v) for k, v in m.items() if v.is_floating_point()} for m in models]
-    if entry.accepts("grams"):
-        extra["grams"] = [{} for _ in models]  # no linear layers: every tensor is averaged
+    extra = {need: supplied_inputs(need, models) for need in entry.needs}
+    if name == "pleas":  # fits the layers of a chain: two tiny ones, and inputs of their width
+        chain = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        models = [{k: v + 0.1 * i for k, v in chain.state_dict().items()} for i in range(2)]
+        extra["model"] = chain
     merged = merge(name, models, base, **extra)
     assert merged.keys() == models[0].keys()
     for key, value in merged.items():

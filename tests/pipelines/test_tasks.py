@@ -9,7 +9,7 @@ from pipelines.evaluation.interpolation import interpolate_states
 from pipelines.memory import peak_rss_above_start
 from pipelines.models import ModelCard, build_model
 from pipelines.tasks import CLASSIFICATION, REGRESSION, get_task
-from pipelines.tuning.merge_search import SearchPoint, best_point, grid_points
+from pipelines.merging.search import SearchPoint, best_point, grid_points
 
 
 def test_validation_sums_add_up_across_ranks_to_the_whole_split():
