@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -117,7 +119,8 @@ def _targets(output: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def pleas(
-    states: Sequence[StateDict], unlabelled_inputs: torch.Tensor, model: nn.Module, samples: int = 2048, seed: int = 0,
+    states: Sequence[StateDict], unlabelled_inputs: torch.Tensor, model: nn.Module,
+    samples: Annotated[int, Field(ge=1)] = 2048, seed: Annotated[int, Field(ge=0)] = 0,
 ) -> tuple[StateDict, list[int]]:
     """PLeaS: align every model to the first by activation matching, then fit each layer of the
     merged model by least squares to the aligned models' mean output of that layer, on up to
@@ -125,7 +128,7 @@ def pleas(
     if len(states) < 2:
         raise ConfigError(f"merge: pleas merges at least 2 models, got {len(states)}")
     if samples < 1 or len(unlabelled_inputs) == 0:
-        raise ConfigError("merge: pleas needs unlabelled inputs and samples >= 1")
+        raise ConfigError(f"merge: pleas needs unlabelled inputs and samples >= 1, got {len(unlabelled_inputs)} and {samples}")
     check_compatible(states)
     spec = sequential_spec(states[0])
     generator = torch_generator(derive_seed(seed, "pleas"))

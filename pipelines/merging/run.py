@@ -80,8 +80,8 @@ class MergeInputs:
         return self._cache[need]
 
     def _compute(self, need: str) -> Any:
-        if need == "depths":
-            return layer_depths(self.card.model, list(self.base))
+        if need == "depths":  # the depth maps read the names in the architecture's own order
+            return layer_depths(self.card.model, list(model_from_state(self.card, self.base).state_dict()))
         if need == "unlabelled_inputs":  # the test split's inputs: its labels are never read here
             return torch.as_tensor(self.test.x)
         if need == "model":

@@ -63,11 +63,19 @@ def save_checkpoint(directory: str, state: dict[str, torch.Tensor], card: ModelC
     storage.write_json(storage.join(directory, CARD), asdict(card))
 
 
+def tensor_order(name: str) -> tuple:
+    """A sort key that puts ``layer2.10.weight`` after ``layer2.9.bias``: numbers as numbers."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split("."))
+
+
 def load_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Weights from a safetensors file (or a checkpoint directory holding one)."""
+    """Weights from a safetensors file (or a checkpoint directory holding one), in name order
+    (:func:`tensor_order`): the loader's own order changes from one process to the next, and a
+    merge over the whole model (PCB) or a depth map must not."""
     url = path if str(path).endswith(".safetensors") else storage.join(path, WEIGHTS)
     try:
-        return load(storage.read_bytes(url))
+        tensors = load(storage.read_bytes(url))
+        return {name: tensors[name] for name in sorted(tensors, key=tensor_order)}
     except FileNotFoundError:
         raise DataError(f"no model weights at {url}") from None
     except SafetensorError as error:  # a damaged header or a truncated file

@@ -104,3 +104,16 @@ def test_checkpoint_round_trip(tmp_path):
         load_model(str(tmp_path / "wrong"))
     with pytest.raises(DataError, match="no model card"):
         load_model(str(tmp_path / "missing"))
+
+
+def test_weights_load_in_name_order_whatever_the_file_order(tmp_path):
+    """safetensors hands tensors back in an order that changes between processes; a merge over the
+    whole model (PCB) would then differ from run to run in its last bits."""
+    from pipelines.models.checkpoints import load_state_dict, state_dict_bytes
+
+    names = ["layer2.10.weight", "fc.bias", "0.weight", "10.bias", "2.bias", "layer2.9.bias", "0.bias"]
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(state_dict_bytes({n: torch.zeros(1) for n in names}))
+    assert list(load_state_dict(str(path))) == [
+        "0.bias", "0.weight", "2.bias", "10.bias", "fc.bias", "layer2.9.bias", "layer2.10.weight",
+    ]
