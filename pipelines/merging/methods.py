@@ -22,6 +22,7 @@ from pipelines.merging.recipes import Density, Merged, Seed, Weights
 from pipelines.merging.spherical import spherical_mean
 from pipelines.merging.state import StateDict, check_compatible, weighted_average
 from pipelines.merging.task_vectors import model_stock_ratio, slerp
+from pipelines.registry import check_arguments
 
 Iterations = Annotated[int, Field(gt=0)]
 Unit = Annotated[float, Field(ge=0, le=1)]
@@ -67,6 +68,7 @@ def lines(
     unknown = sorted(set(given) - (set(inspect.signature(merge_first).parameters) - {"states", "base"}))
     if unknown:
         raise ConfigError(f"merge: lines.base_params: {base_method} does not take {unknown}")
+    check_arguments(merge_first, given, "merge.params.lines.base_params")  # as validation checks a method's own
     merged_first, members = merge_first(states, base, **given)
     floating = [n for n, t in base.items() if t.is_floating_point()]
     missing = [n for n in floating if n not in depths]

@@ -35,7 +35,7 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def _chain(model: nn.Module, state: StateDict) -> nn.Sequential:
     if not isinstance(model, nn.Sequential):
         raise ConfigError("merge: pleas merges sequential models (mlp, cnn, cnn1d)")
-    chain = copy.deepcopy(model)
+    chain = copy.deepcopy(model).cpu()  # float64 least squares on the CPU, wherever the module was
     chain.load_state_dict(state)
     return chain.double().eval()
 

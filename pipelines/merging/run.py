@@ -84,8 +84,8 @@ class MergeInputs:
             return layer_depths(self.card.model, list(model_from_state(self.card, self.base).state_dict()))
         if need == "unlabelled_inputs":  # the test split's inputs: its labels are never read here
             return torch.as_tensor(self.test.x)
-        if need == "model":
-            return model_from_state(self.card, self.base)
+        if need == "model":  # AdaMerging's forward passes run where the module is: a local GPU when there is one
+            return model_from_state(self.card, self.base).to("cuda" if torch.cuda.is_available() else "cpu")
         x = torch.tensor(self.val.x)
         models = [model_from_state(self.card, s) for s in self.states]
         if need == "fishers":

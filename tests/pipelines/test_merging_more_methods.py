@@ -169,6 +169,8 @@ def test_lines_scales_each_layer_of_the_merged_task_vector_by_depth():
         assert all(torch.equal(plain[n], scaled[n]) for n in base)
     with pytest.raises(ConfigError, match="lines.base_params: ties does not take \\['t'\\]"):
         merge("lines", states, base, depths=depths, base_method="ties", base_params={"t": 0.5})
+    with pytest.raises(ConfigError, match="merge.params.lines.base_params.density: input should be less than or equal to 1"):
+        merge("lines", states, base, depths=depths, base_method="ties", base_params={"density": 2.0})
     with pytest.raises(ConfigError, match="no layer depth for \\['4.weight'\\]"):
         merge("lines", states, base, depths={n: 1 for n in ("0.weight", "0.bias", "2.weight")})
 
