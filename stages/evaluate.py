@@ -22,18 +22,20 @@ from pipelines.evaluation import (
 )
 from pipelines.evaluation.plot_data import models_plot, name_endpoints
 from pipelines.evaluation.summary import evaluation_view, model_metrics, summary_metrics
-from pipelines.models import load_model, load_state_dict, model_from_state
+from pipelines.models import load_card, load_state_dict, model_from_state
 from stages.common import entrypoint, params, target_scale
 
 @entrypoint("evaluate")
 def main(argv: list[str]) -> None:
     p = params()
     test = read_prepared(p.paths.prepared, "test")
-    base, card = load_model(p.paths.base_model)
+    card = load_card(p.paths.base_model)
+    base = load_state_dict(p.paths.base_model)
     trials = tables.read_table(storage.join(p.paths.results, "trials.parquet"), tables.table_for("trials", card.task))
     merges = tables.read_table(storage.join(p.paths.results, "merges.parquet"), tables.table_for("merges", card.task))
-    models = [NamedModel("base", "base", base)]
-    models += [NamedModel(name, "trial", load_model(path)[0]) for name, path in zip(trials["trial"], trials["checkpoint"], strict=True)]
+    names, states = list(trials["trial"]), [load_state_dict(path) for path in trials["checkpoint"]]
+    models = [NamedModel("base", "base", model_from_state(card, base))]
+    models += [NamedModel(name, "trial", model_from_state(card, state)) for name, state in zip(names, states, strict=True)]
     models += [
         NamedModel(method, "merged", model_from_state(card, load_state_dict(path)))
         for method, path in zip(merges["method"], merges["checkpoint"], strict=True)
@@ -48,15 +50,14 @@ def main(argv: list[str]) -> None:
     storage.write_text(storage.join(p.paths.plots, "models.csv"), models_plot(evaluation, card.task).to_csv(index=False))
     storage.write_text(storage.join(p.paths.plots, "reliability.csv"), reliability.to_csv(index=False))
 
-    names, states = list(trials["trial"]), [load_state_dict(path) for path in trials["checkpoint"]]
-    if p.merge.include_base:
+    if p.merge.include_base:  # the models merge chose its pair from
         names.append("base")
-        states.append(load_state_dict(p.paths.base_model))
+        states.append(base)
     val = read_prepared(p.paths.prepared, "val")
     objective = HeldOutObjective(card, val.x, val.y, p.evaluate.batch_size)
     best = best_two([objective(s)[0] for s in states])
     pair = [names[i] for i in best] if len(best) == 2 else ["base", names[0]]
-    a, b = (states[i] for i in best) if len(best) == 2 else (load_state_dict(p.paths.base_model), states[0])
+    a, b = (states[i] for i in best) if len(best) == 2 else (base, states[0])
     curve = interpolation_curve(card, a, b, {"val": (val.x, val.y), "test": (test.x, test.y)}, p.evaluate.interpolation_points)
     curve = name_endpoints(curve, pair)
     storage.write_text(storage.join(p.paths.plots, "interpolation.csv"), curve.to_csv(index=False))

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
 from pipelines.errors import ConfigError
+from pipelines.merging.parameters import Count, Merged, Rate, Seed
 from pipelines.merging.state import StateDict, check_compatible
 from pipelines.seeding import derive_seed, torch_generator
 
 Granularity = Literal["task", "layer"]
-Count = Annotated[int, Field(ge=1)]
-Rate = Annotated[float, Field(gt=0)]
-Seed = Annotated[int, Field(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def adamerging(
     states: Sequence[StateDict], base: StateDict, unlabelled_inputs: torch.Tensor, model: nn.Module,
     granularity: Granularity = "task", steps: Count = 100, lr: Rate = 1e-3, init: float = 0.3,
     batch_size: Count = 256, seed: Seed = 0,
-) -> tuple[StateDict, list[int]]:
+) -> Merged:
     """AdaMerging: :func:`learn_coefficients` on ``unlabelled_inputs`` (the merge stage hands the
     test split's inputs, never its labels), then ``base + sum lambda tau`` with the learned
     coefficients, in float64 and cast back. Classification models only (entropy of a softmax)."""

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
 
 from pipelines.errors import ConfigError
 from pipelines.merging import alignment, competition
+from pipelines.merging.parameters import Count, Density, Merged, NonNegative, Seed, Unit, Weights
 from pipelines.merging.recipes import FUNCTIONS as RECIPE_FUNCTIONS
-from pipelines.merging.recipes import Density, Merged, Seed, Weights
 from pipelines.merging.spherical import spherical_mean
 from pipelines.merging.state import StateDict, check_compatible, weighted_average
 from pipelines.merging.task_vectors import model_stock_ratio, slerp
 from pipelines.registry import check_arguments
-
-Iterations = Annotated[int, Field(gt=0)]
-Unit = Annotated[float, Field(ge=0, le=1)]
-
 
 def _all(states: Sequence[StateDict]) -> list[int]:
     return list(range(len(states)))
@@ -122,7 +117,7 @@ def pcb(states: Sequence[StateDict], base: StateDict, ratio: Density = 0.2, scal
 
 
 def karcher(
-    states: Sequence[StateDict], weights: Weights = None, max_iter: Iterations = 50,
+    states: Sequence[StateDict], weights: Weights = None, max_iter: Count = 50,
 ) -> Merged:
     """Karcher mean (mergekit's ``karcher``; Buss & Fillmore, ACM TOG 2001): tensor by tensor, the
     weighted Riemannian mean of the models' directions on the unit sphere, scaled by their weighted
@@ -169,7 +164,7 @@ def model_stock(states: Sequence[StateDict], base: StateDict) -> Merged:
 
 def fisher(
     states: Sequence[StateDict], fishers: Sequence[StateDict], weights: Weights = None,
-    epsilon: Annotated[float, Field(ge=0)] = 1e-8,
+    epsilon: NonNegative = 1e-8,
 ) -> Merged:
     """Fisher merging (Matena & Raffel, "Merging Models with Fisher-Weighted Averaging", NeurIPS
     2022): per entry, ``sum_i w_i F_i theta_i / sum_i w_i F_i`` with ``F_i`` model i's diagonal
@@ -226,7 +221,7 @@ def regmean(
 
 def weight_matching(
     states: Sequence[StateDict], weights: Weights = None, seed: Seed = 0,
-    max_passes: Annotated[int, Field(gt=0)] = 100,
+    max_passes: Count = 100,
 ) -> Merged:
     """Git Re-Basin weight matching (Ainsworth et al., ICLR 2023), then a weighted average: every
     model is permuted to the first one's hidden-unit order (:func:`alignment.weight_matching`,

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Annotated
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from pipelines.errors import ConfigError
 from pipelines.merging.alignment import PermutationSpec, permute_state, sequential_spec
+from pipelines.merging.parameters import Count, Merged, Seed
 from pipelines.merging.state import StateDict, check_compatible
 from pipelines.seeding import derive_seed, torch_generator
 
@@ -120,8 +118,8 @@ def _targets(output: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def pleas(
     states: Sequence[StateDict], unlabelled_inputs: torch.Tensor, model: nn.Module,
-    samples: Annotated[int, Field(ge=1)] = 2048, seed: Annotated[int, Field(ge=0)] = 0,
-) -> tuple[StateDict, list[int]]:
+    samples: Count = 2048, seed: Seed = 0,
+) -> Merged:
     """PLeaS: align every model to the first by activation matching, then fit each layer of the
     merged model by least squares to the aligned models' mean output of that layer, on up to
     ``samples`` unlabelled inputs (drawn with a generator seeded by ``seed``)."""

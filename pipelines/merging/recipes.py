@@ -11,27 +11,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import Field
-
+from pipelines.merging.parameters import (
+    Combine, Density, Election, Epsilon, Gamma, Merged, Rescale, Seed, TopkScope, Weights, ZeroSum,
+)
 from pipelines.merging.state import StateDict
 from pipelines.merging.task_vectors import Sparsifier, TaskVectorOptions, merge_task_vectors
-
-Merged = tuple[StateDict, list[int]]
-
-# The parameters' types and ranges: params.yaml values (merge.params, every merge.search candidate)
-# are checked against these before any stage starts Ray (registry.check_arguments).
-Density = Annotated[float, Field(gt=0, le=1)]
-Gamma = Annotated[float, Field(ge=0, lt=1)]
-Epsilon = Annotated[float, Field(ge=0, lt=0.5)]
-TopkScope = Literal["tensor", "model"]
-Election = Literal["weighted", "unweighted"]
-ZeroSum = Literal["zero", "positive"]
-Combine = Literal["mean", "sum"]
-Rescale = Literal["inverse_density", "l1"] | None
-Seed = Annotated[int, Field(ge=0)]
-Weights = Annotated[Sequence[float], Field(min_length=1)] | None
 
 PARAMETER_TYPES: dict[str, Any] = {
     "weights": Weights, "scale": float, "density": Density, "topk_scope": TopkScope, "rescale": Rescale,

@@ -249,7 +249,7 @@ def keep_below(x: torch.Tensor, index: torch.Tensor, *, own: torch.Tensor | None
         lam, mixed = _as(lam, torch.float32), _flags(mixed)
         lam_out = torch.empty(x.shape[0], dtype=torch.float32)
     if bank is None:
-        rank = rank.reshape(rank.shape[0], -1).to(torch.int32).contiguous()
+        rank = _as(rank.reshape(rank.shape[0], -1), torch.int32)
         stride = rank.shape[1] if rank.shape[0] > 1 else 0
     else:
         bank, field = _as(bank, torch.int32), _as(field, torch.int32)
