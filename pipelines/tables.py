@@ -211,6 +211,7 @@ def _merges(task: str) -> TableSpec:
             **metrics,
             "seconds": _col(pa.float64(), _nonneg),
             "peak_memory_mib": _col(pa.float64(), _nonneg),
+            "ran_on": _col(pa.string()),  # where the merge ran: "stage cpu", "ray task cuda", ...
             "checkpoint": _col(pa.string()),
         },
     )

@@ -120,10 +120,15 @@ def _merge(params: Params) -> None:
                 raise ConfigError(f"merge.search.{name}: {name} is not in merge.methods {params.merge.methods}")
             if section == "params":
                 check_arguments(entry.function, given, f"merge.params.{name}")
+                if entry.check_params:
+                    entry.check_params(given, f"merge.params.{name}")
             else:  # every candidate, so a bad one fails here and not in a trial once Ray runs
+                fixed = params.merge.params.get(name, {})
                 for parameter, candidates in given.items():
                     for candidate in candidates:
                         check_arguments(entry.function, {parameter: candidate}, f"merge.search.{name}")
+                        if entry.check_params:
+                            entry.check_params({**fixed, parameter: candidate}, f"merge.search.{name}")
 
 
 _CHECKS = {"data": _data, "mixing": _mixing, "augment": _augment, "train": _train, "tune": _tune, "merge": _merge}

@@ -32,5 +32,7 @@ def trials_frame(score: str = "val_accuracy", **columns: list) -> pd.DataFrame:
 
 
 def merges_frame(task: str = "classification", **columns: list) -> pd.DataFrame:
-    """A ``merges`` table from method, params, num_models, members, val_/test_ metrics, seconds, memory, checkpoint."""
-    return with_intervals(pd.DataFrame(columns), [f"{s}_{m}" for s in ("val", "test") for m in METRICS[task]])
+    """A ``merges`` table from method, params, num_models, members, val_/test_ metrics, seconds, memory,
+    checkpoint (and ``ran_on``, "stage cpu" unless given)."""
+    frame = with_intervals(pd.DataFrame(columns), [f"{s}_{m}" for s in ("val", "test") for m in METRICS[task]])
+    return frame if "ran_on" in frame else frame.assign(ran_on="stage cpu")

@@ -297,8 +297,10 @@ def ray_session(
     temp_dir: str | None = None,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     packages: Mapping[str, Any] | None = None,
+    num_gpus: int | None = None,
 ) -> Iterator[RayConnection]:
     """Connect for the duration of a block, and disconnect (stopping a local instance) after it.
+    ``num_cpus`` and ``num_gpus`` size a local instance (as :func:`connect`).
 
     When joining a cluster, ``working_dir`` ships this checkout's code to every worker, so remote
     nodes import exactly the code the driver runs, and ``packages`` (a runtime env's ``pip``/``uv``
@@ -324,7 +326,7 @@ def ray_session(
             env_vars[ADDRESS_ENV] = address_to_join
         if env_vars:
             runtime_env["env_vars"] = env_vars
-    connection = connect(address, num_cpus, runtime_env=runtime_env or None, temp_dir=temp_dir,
+    connection = connect(address, num_cpus, num_gpus, runtime_env=runtime_env or None, temp_dir=temp_dir,
                          connect_timeout_s=connect_timeout_s)
     try:
         with scoped_env(**{ADDRESS_ENV: connection.address}):

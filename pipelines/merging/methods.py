@@ -46,6 +46,25 @@ def linear(states: Sequence[StateDict], weights: Weights = None) -> Merged:
     return weighted_average(states, weights), _all(states)
 
 
+def check_lines_params(given: Mapping[str, Any], key: str = "merge.params.lines") -> None:
+    """Check LiNeS' ``base_params`` against its ``base_method``'s own signature, as config
+    validation checks a method's parameters (it runs this before any stage starts, through the
+    registry row's ``check_params``; :func:`lines` runs it too).
+
+    Raises:
+        ConfigError: ``<key>.base_params: <method> does not take [...]``, or a bad value's type.
+    """
+    base_method = given.get("base_method", "task_arithmetic")
+    if base_method not in RECIPE_FUNCTIONS:  # the check of base_method's own annotation names it
+        return
+    merge_first = RECIPE_FUNCTIONS[base_method]
+    nested = dict(given.get("base_params") or {})
+    unknown = sorted(set(nested) - (set(inspect.signature(merge_first).parameters) - {"states", "base"}))
+    if unknown:
+        raise ConfigError(f"{key}.base_params: {base_method} does not take {unknown}")
+    check_arguments(merge_first, nested, f"{key}.base_params")
+
+
 def lines(
     states: Sequence[StateDict], base: StateDict, depths: Mapping[str, int],
     base_method: Literal["task_arithmetic", "ties"] = "task_arithmetic", alpha: float = 1.0, beta: float = 0.0,
@@ -58,13 +77,8 @@ def lines(
     take more of the task. ``depths`` gives each parameter's layer (the model registry's depth
     map, :func:`pipelines.models.zoo.layer_depths`). ``alpha = 1, beta = 0`` is the base method.
     """
-    merge_first = RECIPE_FUNCTIONS[base_method]
-    given = dict(base_params or {})
-    unknown = sorted(set(given) - (set(inspect.signature(merge_first).parameters) - {"states", "base"}))
-    if unknown:
-        raise ConfigError(f"merge: lines.base_params: {base_method} does not take {unknown}")
-    check_arguments(merge_first, given, "merge.params.lines.base_params")  # as validation checks a method's own
-    merged_first, members = merge_first(states, base, **given)
+    check_lines_params({"base_method": base_method, "base_params": base_params})
+    merged_first, members = RECIPE_FUNCTIONS[base_method](states, base, **dict(base_params or {}))
     floating = [n for n, t in base.items() if t.is_floating_point()]
     missing = [n for n in floating if n not in depths]
     if missing:

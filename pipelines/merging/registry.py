@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +23,11 @@ class MergeMethod:
             (:mod:`pipelines.merging.run`) and never set in params.yaml.
         members: which models it merges: ``"all"`` the fine-tunes, ``"best_two"`` the two best on
             validation (SLERP by definition).
+        accelerated: it runs many passes over data, so the merge stage gives it a GPU when there is
+            one: a Ray task of its own on a cluster's GPU node (:mod:`pipelines.merging.placement`).
+        check_params: checks of its parameters beyond their annotations (``(given, key)``, raising
+            ConfigError), which config validation runs with the signature's: LiNeS' ``base_params``
+            against its ``base_method``.
     """
 
     name: str
@@ -32,6 +37,8 @@ class MergeMethod:
     needs_base: bool = False
     needs: tuple[str, ...] = ()
     members: Literal["all", "best_two"] = "all"
+    accelerated: bool = False
+    check_params: Callable[[Mapping[str, Any], str], None] | None = None
 
     def accepts(self, parameter: str) -> bool:
         """Whether the method takes ``parameter`` (the merge stage passes data-dependent ones only then)."""
@@ -62,16 +69,18 @@ for _method in (
     *(MergeMethod(r.name, r.pretty_name, r.paper_url, recipes.FUNCTIONS[r.name], needs_base=True) for r in recipes.RECIPES),
     MergeMethod("magmax", "MagMax", "https://arxiv.org/abs/2407.06322", methods.magmax, needs_base=True),
     MergeMethod("pcb", "PCB-Merging", "https://arxiv.org/abs/2410.02396", methods.pcb, needs_base=True),
-    MergeMethod("lines", "LiNeS", "https://arxiv.org/abs/2410.17146", methods.lines, needs_base=True, needs=("depths",)),
+    MergeMethod("lines", "LiNeS", "https://arxiv.org/abs/2410.17146", methods.lines, needs_base=True, needs=("depths",),
+                check_params=methods.check_lines_params),
     MergeMethod("adamerging", "AdaMerging", "https://arxiv.org/abs/2310.02575", adaptive.adamerging, needs_base=True,
-                needs=("unlabelled_inputs", "model")),
+                needs=("unlabelled_inputs", "model"), accelerated=True),
     MergeMethod("slerp", "SLERP", "https://dl.acm.org/doi/10.1145/325165.325242", methods.slerp_merge, members="best_two"),
     MergeMethod("karcher", "Karcher mean", "https://doi.org/10.1145/502122.502124", methods.karcher),
     MergeMethod("model_stock", "Model Stock", "https://arxiv.org/abs/2403.19522", methods.model_stock, needs_base=True),
     MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher, needs=("fishers",)),
     MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean, needs=("grams",)),
     MergeMethod("weight_matching", "Git Re-Basin weight matching", "https://arxiv.org/abs/2209.04836", methods.weight_matching),
-    MergeMethod("pleas", "PLeaS", "https://arxiv.org/abs/2407.02447", pleas.pleas, needs=("unlabelled_inputs", "model")),
+    MergeMethod("pleas", "PLeaS", "https://arxiv.org/abs/2407.02447", pleas.pleas, needs=("unlabelled_inputs", "model"),
+                accelerated=True),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

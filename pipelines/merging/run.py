@@ -8,7 +8,6 @@ most, a new entry in :meth:`MergeInputs.supply`.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,8 @@ from pipelines import storage
 from pipelines.config import MergeParams
 from pipelines.data.dataset import ArrayDataset
 from pipelines.evaluation import HeldOutObjective, best_two, bootstrap_seed, score_state
-from pipelines.memory import peak_rss_above_start
-from pipelines.merging.registry import MERGE_METHODS, MergeMethod, run_merge
+from pipelines.merging.placement import IN_PROCESS_CPU, Placement, merge_placed
+from pipelines.merging.registry import MERGE_METHODS, MergeMethod
 from pipelines.merging.search import best_point, cached_points, search_merge_params
 from pipelines.merging.state import StateDict
 from pipelines.merging.statistics import diagonal_fisher, linear_input_grams
@@ -84,8 +83,8 @@ class MergeInputs:
             return layer_depths(self.card.model, list(model_from_state(self.card, self.base).state_dict()))
         if need == "unlabelled_inputs":  # the test split's inputs: its labels are never read here
             return torch.as_tensor(self.test.x)
-        if need == "model":  # AdaMerging's forward passes run where the module is: a local GPU when there is one
-            return model_from_state(self.card, self.base).to("cuda" if torch.cuda.is_available() else "cpu")
+        if need == "model":  # on the CPU: the placement moves it to the device its method runs on
+            return model_from_state(self.card, self.base)
         x = torch.tensor(self.val.x)
         models = [model_from_state(self.card, s) for s in self.states]
         if need == "fishers":
@@ -99,6 +98,11 @@ class MergeInputs:
 def search_names(params: MergeParams, search_id: str) -> dict[str, str]:
     """The Ray Tune experiment name of each searched method (content-addressed by ``search_id``)."""
     return {method: f"merge-search-{method}-{search_id}" for method in params.search}
+
+
+def accelerated_methods(params: MergeParams) -> list[str]:
+    """The listed methods whose rows are ``accelerated`` (see :mod:`pipelines.merging.placement`)."""
+    return [m for m in params.methods if MERGE_METHODS.get(m, key="merge.methods").accelerated]
 
 
 def needs_ray(params: MergeParams, run_state: str, search_id: str) -> bool:
@@ -117,12 +121,12 @@ class MergeOutcome:
 
 def merge_all(
     inputs: MergeInputs, params: MergeParams, run_state: str, search_id: str, merged_folder: str,
-    report: Callable[[str], None] = print,
+    report: Callable[[str], None] = print, placement: Placement = IN_PROCESS_CPU,
 ) -> MergeOutcome:
     """Run every method of ``params.methods`` in order: search its coefficients when
     ``params.search`` lists it (Ray must be connected then, unless :func:`needs_ray` is False),
-    merge with its parameters, write ``<merged_folder>/<method>.safetensors`` and score it on the
-    validation and test splits."""
+    merge with its parameters (an accelerated method where ``placement`` puts it), write
+    ``<merged_folder>/<method>.safetensors`` and score it on the validation and test splits."""
     task = get_task(inputs.card.task)
     names = search_names(params, search_id)
     outcome = MergeOutcome([], [])
@@ -140,19 +144,18 @@ def merge_all(
             method_params.update(best.params)
             outcome.searched += [{"method": method, "params": json.dumps(pt.params, sort_keys=True), "val_loss": pt.loss,
                                   task.score_column: pt.score, "chosen": pt is best} for pt in points]
-        started = time.perf_counter()
-        with peak_rss_above_start() as memory:
-            result = run_merge(method, members_in, method_base, **method_params, **supplied)
-        seconds = time.perf_counter() - started
+        placed = merge_placed(placement, entry.accelerated, method, members_in, method_base, method_params, supplied)
+        result = placed.result
         members = [chosen[i] for i in result.members]
         path = storage.join(merged_folder, f"{method}.safetensors")
         storage.write_bytes(path, state_dict_bytes(result.state_dict))
         metrics = _scores(inputs, result.state_dict)
         outcome.merges.append({"method": method, "params": json.dumps(method_params, sort_keys=True),
                                "num_models": len(members), "members": ",".join(inputs.names[i] for i in members),
-                               **metrics, "seconds": seconds, "peak_memory_mib": memory.mib, "checkpoint": path})
+                               **metrics, "seconds": placed.seconds, "peak_memory_mib": placed.peak_memory_mib,
+                               "ran_on": placed.ran_on, "checkpoint": path})
         report(f"merge: {method} done ({len(outcome.merges)}/{len(params.methods)}): val {task.score} "
-               f"{metrics[f'val_{task.score}']:.4f}, {seconds:.2f}s")
+               f"{metrics[f'val_{task.score}']:.4f}, {placed.seconds:.2f}s ({placed.ran_on})")
     return outcome
 
 

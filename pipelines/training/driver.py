@@ -24,7 +24,7 @@ from pipelines.mixing import check_loss_task
 from pipelines.mixing.manifold import INPUT
 from pipelines.models import ModelCard, build_model, mix_points
 from pipelines.training.batching import steps_per_epoch
-from pipelines.training.devices import DevicePlan, plan_devices
+from pipelines.cluster.devices import DevicePlan, plan_devices
 from pipelines.training.job import TrainJob
 from pipelines.training.loop import diverged_marker, train_loop_per_worker
 from pipelines.training.state import load_train_state

@@ -12,6 +12,7 @@ from pipelines.merging import MERGE_METHODS, merge
 from pipelines.merging import sparsify
 from pipelines.merging.competition import balance_scores
 from pipelines.seeding import torch_generator
+from merge_models import adamerging_setup
 from rounding import U32
 
 ZERO4 = {"w": torch.zeros(4)}
@@ -167,7 +168,7 @@ def test_lines_scales_each_layer_of_the_merged_task_vector_by_depth():
         plain = merge(method, states, base, **extra)
         scaled = merge("lines", states, base, depths=depths, base_method=method, base_params=extra)
         assert all(torch.equal(plain[n], scaled[n]) for n in base)
-    with pytest.raises(ConfigError, match="lines.base_params: ties does not take \\['t'\\]"):
+    with pytest.raises(ConfigError, match="merge.params.lines.base_params: ties does not take \\['t'\\]"):
         merge("lines", states, base, depths=depths, base_method="ties", base_params={"t": 0.5})
     with pytest.raises(ConfigError, match="merge.params.lines.base_params.density: input should be less than or equal to 1"):
         merge("lines", states, base, depths=depths, base_method="ties", base_params={"density": 2.0})
@@ -190,18 +191,6 @@ def test_every_registered_model_declares_its_layer_depths():
     resnet = layer_depths("resnet18_cifar", list(build_model("resnet18_cifar", (3, 8, 8), 3, seed=0).state_dict()))
     assert resnet["stem.0.weight"] == 1 and resnet["layer1.0.conv1.weight"] == 2 and resnet["layer4.1.bn2.bias"] == 9
     assert resnet["fc.weight"] == 10
-
-
-def adamerging_setup(classes=3):
-    """A small MLP base, three fine-tunes (random task vectors) and unlabelled inputs."""
-    from pipelines.models import build_model
-
-    model = build_model("mlp", (6,), classes, seed=0)
-    base = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    states = [{n: t + 0.3 * torch.randn(t.shape, generator=torch_generator(10 + k)) for n, t in base.items()}
-              for k in range(3)]
-    inputs = torch.randn(200, 6, generator=torch_generator(4))
-    return model, base, states, inputs
 
 
 def test_adamerging_lowers_the_prediction_entropy_and_merges_with_what_it_learned():
