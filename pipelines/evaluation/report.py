@@ -193,6 +193,8 @@ def _merges_view(merges: pd.DataFrame, task: str) -> pd.DataFrame:
         view["params"] = merges["params"].str.replace(r'[{}"]', "", regex=True).str.replace(",", ", ")
     if "seconds" in merges:
         view["seconds"] = [f"{v:.2f}" for v in merges["seconds"]]
+    if "ran_on" in merges:  # a Ray task's GPU, the stage's CPU, ...
+        view["ran on"] = merges["ran_on"]
     view["members"] = merges["members"].str.replace(",", ", ")
     return view
 

@@ -36,7 +36,7 @@ def test_report_page_holds_every_table_and_figure(tmp_path):
         png = tmp_path / "report" / figure
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
         assert f'src="{figure}"' in html
-    for value in ("0.8750", "0.6250 [0.3000, 0.8500]", "t00-mixup-a0.2", "uniform_soup", "seed: 0"):
+    for value in ("0.8750", "0.6250 [0.3000, 0.8500]", "t00-mixup-a0.2", "uniform_soup", "seed: 0", "stage cpu"):
         assert value in html
     assert "checkpoint" not in html  # local paths stay out of the page
     assert "overflow-x:auto" in html  # wide tables scroll inside the page instead of running off it
