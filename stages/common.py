@@ -24,6 +24,7 @@ from pipelines.errors import MixpipeError
 from pipelines.lifetime import exit_on_signals, watch_parent
 from pipelines.urls import redact
 from pipelines.validation import load_checked
+from pipelines.vector_math import warm_vector_math
 
 PARAMS_FILE = "params.yaml"
 DVC_FILE = "dvc.yaml"
@@ -37,6 +38,8 @@ def entrypoint(
 ) -> Callable[[Callable[[list[str]], None]], Callable[[], None]]:
     """Wrap a stage's ``main(argv)``.
 
+    - A stage that computes with torch first resolves oneMKL's vector-math dispatch on one thread
+      (:mod:`pipelines.vector_math`), so its first parallel ``exp`` or ``log`` is like every other.
     - A stage that ``uses_ray`` (always, or when its params say so) runs as a Ray job when the
       address is a Jobs API URL (job mode, :mod:`pipelines.cluster.job_mode`); else ``main`` runs here.
     - A :class:`MixpipeError`, or an ``OSError`` that names its file (a path in params.yaml that
@@ -59,6 +62,8 @@ def entrypoint(
             verbose = len(argv) < len(sys.argv) - 1 or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
             try:
                 configure_console(verbose)
+                if "torch" in sys.modules:  # the stage computes with torch: no new import for the others
+                    warm_vector_math()
                 if uses_ray and _run_as_job(stage, argv, uses_ray):
                     return
                 main(argv)

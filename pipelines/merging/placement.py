@@ -25,6 +25,7 @@ from pipelines.errors import ConfigError
 from pipelines.memory import peak_rss_above_start
 from pipelines.merging.registry import MergeResult, run_merge
 from pipelines.merging.state import StateDict
+from pipelines.vector_math import warm_vector_math
 from pipelines.cluster.devices import plan_devices
 
 KEY = "merge.use_gpu"
@@ -114,6 +115,7 @@ def merge_timed(method: str, members: Sequence[StateDict], base: StateDict | Non
                 supplied: Mapping[str, Any], device: str, where: str = "stage") -> PlacedMerge:
     """Run ``method`` here, with the supplied module (if any) on ``device`` (``cuda`` falls back to
     the CPU where this process sees no GPU), timing the merge and its memory."""
+    warm_vector_math()  # in a Ray task of its own, this is the process's first torch work
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
     supplied = {name: value.to(device) if isinstance(value, torch.nn.Module) else value

@@ -29,6 +29,7 @@ from pipelines.training.determinism import use_deterministic_kernels
 from pipelines.training.job import TrainJob
 from pipelines.training.optim import build_optimizer, lr_at_epoch, set_lr
 from pipelines.training.state import TrainState, load_train_state, save_train_state
+from pipelines.vector_math import warm_vector_math
 
 
 log = logging.getLogger("mixpipe.train")
@@ -193,6 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ray.train.torch import get_device, prepare_model
 
     _quiet_ray_worker_logs()
+    warm_vector_math()  # a worker given several CPUs runs torch's unary ops on several threads
     job: TrainJob = config["job"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
