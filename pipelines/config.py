@@ -176,7 +176,7 @@ class MergeParams(Section):
     """Merge methods over the tune stage's fine-tunes; ``params`` holds each method's own
     parameters keyed by method (``{ties: {density: 0.2}}``); ``search`` lists candidate values of
     some of them, searched with Ray Tune on the validation split (``{ties: {density: [0.1, 0.2]}}``).
-    ``use_gpu`` places the methods that run passes over data (AdaMerging, PLeaS) on a GPU, as
+    ``use_gpu`` places the methods that run passes over data (AdaMerging) on a GPU, as
     ``train.use_gpu`` does (:mod:`pipelines.merging.placement`)."""
 
     methods: list[str] = ["uniform_soup", "greedy_soup"]

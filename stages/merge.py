@@ -8,8 +8,8 @@ Reads ``seed``, ``merge``, ``evaluate`` and ``ray``. Each method merges what its
 initialisation, SLERP the two models best on validation; greedy soup scores candidates on
 validation; Fisher merging and RegMean get each model's diagonal Fisher / linear-input Grams on the
 validation split (Fisher labels sampled from a generator seeded by ``seed``); LiNeS each
-parameter's layer depth; AdaMerging and PLeaS the test split's inputs, and a GPU where
-``merge.use_gpu`` finds one (a Ray task of their own on a cluster, :mod:`pipelines.merging.placement`).
+parameter's layer depth; AdaMerging and PLeaS the test split's inputs, and AdaMerging a GPU where
+``merge.use_gpu`` finds one (a Ray task of its own on a cluster, :mod:`pipelines.merging.placement`).
 ``merge.search.<method>`` lists candidate values of its parameters: Ray Tune merges at every grid
 point and the best on validation is kept. Writes ``<merged>/<method>.safetensors``,
 ``<results>/merges.parquet`` (``merges``: params, val/test metrics, seconds, peak memory, where it

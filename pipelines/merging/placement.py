@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from pipelines.cluster.devices import plan_devices
 from pipelines.errors import ConfigError
 from pipelines.memory import peak_rss_above_start
 from pipelines.merging.registry import MergeResult, run_merge
 from pipelines.merging.state import StateDict
 from pipelines.vector_math import warm_vector_math
-from pipelines.cluster.devices import plan_devices
 
 KEY = "merge.use_gpu"
 

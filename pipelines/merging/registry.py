@@ -79,8 +79,7 @@ for _method in (
     MergeMethod("fisher", "Fisher merging", "https://arxiv.org/abs/2111.09832", methods.fisher, needs=("fishers",)),
     MergeMethod("regmean", "RegMean", "https://arxiv.org/abs/2212.09849", methods.regmean, needs=("grams",)),
     MergeMethod("weight_matching", "Git Re-Basin weight matching", "https://arxiv.org/abs/2209.04836", methods.weight_matching),
-    MergeMethod("pleas", "PLeaS", "https://arxiv.org/abs/2407.02447", pleas.pleas, needs=("unlabelled_inputs", "model"),
-                accelerated=True),
+    MergeMethod("pleas", "PLeaS", "https://arxiv.org/abs/2407.02447", pleas.pleas, needs=("unlabelled_inputs", "model")),
 ):
     MERGE_METHODS.register(_method.name)(_method)
 

@@ -16,7 +16,7 @@ NO_GPU = not torch.cuda.is_available()
 
 def test_only_methods_that_run_passes_over_data_are_accelerated():
     accelerated = sorted(name for name in MERGE_METHODS.names() if MERGE_METHODS.get(name).accelerated)
-    assert accelerated == ["adamerging", "pleas"]
+    assert accelerated == ["adamerging"]  # PLeaS fits in float64 on the CPU: a GPU would idle
 
 
 def test_use_gpu_false_keeps_everything_in_the_stage_on_the_cpu():
@@ -44,8 +44,8 @@ def test_the_stage_joins_a_cluster_for_gpus_only_when_one_is_configured(monkeypa
 def test_the_placement_is_said_once_naming_the_methods():
     lines = []
     assert place_methods([], "auto", False, report=lines.append) is IN_PROCESS_CPU and lines == []
-    place_methods(["adamerging", "pleas"], False, True, report=lines.append)
-    assert lines == ["mixpipe: merge.use_gpu: adamerging, pleas on the stage's process on cpu: merge.use_gpu is false"]
+    place_methods(["adamerging"], False, True, report=lines.append)
+    assert lines == ["mixpipe: merge.use_gpu: adamerging on the stage's process on cpu: merge.use_gpu is false"]
 
 
 def test_a_placed_merge_is_the_plain_merge_and_says_where_it_ran():
