@@ -26,7 +26,7 @@ from pipelines import storage, tables
 from pipelines.config import Params, fingerprint
 from pipelines.data import read_prepared
 from pipelines.locks import run_lock
-from pipelines.merging.placement import joins_cluster_for_gpu, place_methods
+from pipelines.merging.placement import joins_cluster_for_gpu, may_use_gpu, place_methods
 from pipelines.merging.run import MergeInputs, accelerated_methods, merge_all, needs_ray
 from pipelines.models import load_card, load_state_dict
 from pipelines.models.checkpoints import state_dict_bytes
@@ -36,7 +36,7 @@ from stages.common import code_version, entrypoint, params, run_state_uri, stage
 
 def uses_ray(p: Params) -> bool:
     """A search, or a method that may want a cluster's GPU (job mode then runs the stage as a job)."""
-    return bool(p.merge.search) or (bool(accelerated_methods(p.merge)) and p.merge.use_gpu is not False)
+    return bool(p.merge.search) or may_use_gpu(accelerated_methods(p.merge), p.merge.use_gpu)
 
 
 @entrypoint("merge", uses_ray=uses_ray)

@@ -92,12 +92,17 @@ def plan_placement(setting: bool | str, ray_connected: bool, resource_wait_s: fl
     return Placement(False, "cpu", "this machine has no GPU and the stage joined no Ray cluster")
 
 
+def may_use_gpu(accelerated: Sequence[str], setting: bool | str) -> bool:
+    """Whether some listed method is ``accelerated`` and ``merge.use_gpu`` (``setting``) allows a GPU."""
+    return bool(accelerated) and setting is not False
+
+
 def joins_cluster_for_gpu(accelerated: Sequence[str], setting: bool | str, ray_address: str | None) -> bool:
     """Whether the stage joins a configured cluster (never a local instance) for the GPUs of the
     ``accelerated`` methods it lists alone (``RAY_ADDRESS`` or ``ray.address``: ``ray_address``)."""
     from pipelines.cluster.session import resolve_address
 
-    return bool(accelerated) and setting is not False and resolve_address(ray_address) is not None
+    return may_use_gpu(accelerated, setting) and resolve_address(ray_address) is not None
 
 
 def place_methods(accelerated: Sequence[str], setting: bool | str, ray_connected: bool, resource_wait_s: float = 0.0,
