@@ -7,7 +7,8 @@ The baseline applies per-element λ the way timm's ``Mixup._mix_elem`` does: a P
 the batch, one λ (and one box, Fourier mask, resize or saliency map) per sample. Both run in this process on the same
 256 x 3 x 32 x 32 batch, float32 and uint8. Beside that ratio the table prints each method's time over
 ``x.clone()`` of the batch (one read and one write of it, the memory floor of any method that returns a new
-batch; the two timed in turn), with the native kernels (the default on CPU) and with the eager PyTorch ops.
+batch; the two timed in turn), with the native kernels (the default on CPU) and eager: the same draws in
+Python and the PyTorch ops (the fallback without a C compiler).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def main() -> None:
              "saliencymix": loop_saliencymix}
     print(f"batch {args.batch} x 3 x 32 x 32, elem mode, {args.threads} thread(s), best of {args.repeats}; "
           "x clone: time over x.clone()'s (the memory floor), timed in turn with it; the default runs "
-          "pipelines/mixing/native.c's kernels (MIXPIPE_FUSE), eager: the PyTorch ops alone")
+          "pipelines/mixing/native.c's kernels (MIXPIPE_FUSE), eager: the draws in Python and the PyTorch ops")
     print(f"{'method':12s} {'dtype':7s} {'samples/s':>11s} {'x clone':>8s} {'eager x clone':>14s} {'loop samples/s':>15s} {'vs loop':>8s}")
     for dtype in (torch.float32, torch.uint8):
         if dtype == torch.uint8:

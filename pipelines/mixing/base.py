@@ -8,11 +8,15 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines.errors import ConfigError
-from pipelines.mixing.sampling import bernoulli_mask, beta_sample, permutation
+from pipelines.mixing import native
+from pipelines.mixing.sampling import bernoulli_mask, beta_sample, mixing_draws, permutation, stream_seed
 from pipelines.registry import Registry
 
+# compared with a generator's device: a third of the cost of reading ``.type``, on every call
+_CPU = torch.device("cpu")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)  # slots: built on every mixing call, a third cheaper
 class MixOutput:
     """What a mixer returns.
 
@@ -37,11 +41,13 @@ class MixOutput:
 
 @dataclass(frozen=True)
 class Draws:
-    """The random choices of one call, all on the input's device."""
+    """The random choices of one call: ``index``, ``lam`` and ``mixed`` on the input's device,
+    ``uniforms`` on the generator's."""
 
     index: torch.Tensor  # partner permutation
     lam: torch.Tensor  # float32 [B]; 1 where a sample is not mixed
     mixed: torch.Tensor  # bool [B]
+    uniforms: torch.Tensor  # float64 [Mixer.extra_draws(shape)]: the method's own draws, in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -75,27 +81,62 @@ class Mixer:
         if self.fuse not in (True, False, "auto"):
             raise ConfigError(f"mixing.fuse must be true, false or auto, got {self.fuse!r}")
 
+    def draw_count(self, batch_size: int) -> int:
+        """λ (and boxes, masks) drawn per call: one per sample in elem mode, one for the batch."""
+        return batch_size if self.mode == "elem" else 1
+
+    def extra_draws(self, shape: torch.Size) -> int:
+        """How many uniforms a call on a batch of ``shape`` draws for the method itself (box places,
+        FMix's field picks), handed to :meth:`combine` as ``draws.uniforms``."""
+        return 0
+
     def draw(
-        self, batch_size: int, generator: torch.Generator, device: torch.device, index: torch.Tensor | None = None
+        self, batch_size: int, generator: torch.Generator, device: torch.device, index: torch.Tensor | None = None,
+        extra: int = 0,
     ) -> Draws:
-        """Partners (unless ``index`` is given), then λ, then the mix mask, always in this order,
-        so outputs are reproducible."""
-        count = batch_size if self.mode == "elem" else 1
-        if index is None:
-            index = permutation(batch_size, generator)
-        lam = beta_sample(self.alpha, self.alpha, count, generator, fuse=self.fuse)
-        mixed = bernoulli_mask(self.prob, count, generator)
-        if self.prob < 1:  # uniform draws are below 1: at prob 1 every sample mixes
-            lam = torch.where(mixed, lam, torch.ones_like(lam))
+        """Partners (unless ``index`` is given), λ, the mix mask and ``extra`` uniforms, in a fixed
+        order, so outputs are reproducible.
+
+        On a CPU generator they come from the stream that one draw of it seeds
+        (:func:`pipelines.mixing.sampling.mixing_draws`); on another device from tensor ops there.
+        """
+        count = self.draw_count(batch_size)
+        if generator.device.type == "cpu":
+            index, lam, mixed, uniforms = mixing_draws(batch_size, count, self.alpha, self.alpha, self.prob, generator,
+                                                       index=index, extra=extra, fuse=self.fuse)
+        else:
+            if index is None:
+                index = permutation(batch_size, generator)
+            lam = beta_sample(self.alpha, self.alpha, count, generator)
+            mixed = bernoulli_mask(self.prob, count, generator)
+            if self.prob < 1:  # uniform draws are below 1: at prob 1 every sample mixes
+                lam = torch.where(mixed, lam, torch.ones_like(lam))
+            uniforms = torch.rand(extra, generator=generator, dtype=torch.float64, device=generator.device)
         if count < batch_size:
             lam, mixed = lam.expand(batch_size).contiguous(), mixed.expand(batch_size).contiguous()
-        return Draws(*(t if t.device == device else t.to(device) for t in (index, lam, mixed)))
+        index, lam, mixed = (t if t.device == device else t.to(device) for t in (index, lam, mixed))
+        return Draws(index, lam, mixed, uniforms)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator) -> MixOutput:
         if x.ndim < 2 or x.shape[0] != y.shape[0]:
             raise ValueError(f"x must be (B, ...) with B = len(y); got x {tuple(x.shape)}, y {tuple(y.shape)}")
-        draws = self.draw(x.shape[0], generator, x.device)
+        if generator.device == _CPU and (fused := self.fused_call(x, generator)) is not None:
+            return fused
+        draws = self.draw(x.shape[0], generator, x.device, extra=self.extra_draws(x.shape))
         return self.combine(x, draws, generator)
+
+    def fused_call(self, x: torch.Tensor, generator: torch.Generator) -> MixOutput | None:
+        """The whole call, draws included, in one native kernel (:func:`pipelines.mixing.native.mix`)
+        where the method has one that runs for ``x``, with the results of :meth:`draw` then
+        :meth:`combine`; else None. On a 3 MB batch the dozen Python and PyTorch calls it saves cost
+        a fifth of the kernel: each one finds its data evicted from the caches by the batch."""
+        return None
+
+    def native_mix(self, method: int, x: torch.Tensor, generator: torch.Generator, **params: object) -> MixOutput:
+        """:meth:`fused_call` by :func:`pipelines.mixing.native.mix` with this mixer's draws."""
+        count = self.draw_count(x.shape[0])
+        out, index, own = native.mix(method, x, stream_seed(generator), self.alpha, self.prob, count, **params)
+        return MixOutput(out, index, own)  # positional: half the cost of keywords, on every call
 
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         raise NotImplementedError

@@ -22,10 +22,10 @@ def box_sides(lam: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
     return torch.floor(ratio.unsqueeze(1) * sizes).long()
 
 
-def uniform_centres(batch: int, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Box centres ``[B, ndim]``, uniform over positions."""
-    draws = torch.rand(batch, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
-    return torch.floor(draws * torch.tensor(spatial, dtype=torch.float64, device=generator.device)).long()
+def uniform_centres(spots: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Box centres ``[B, ndim]``, uniform over positions, from uniform draws ``spots`` ``[B, ndim]``:
+    ``floor(spot * size)`` (as native.c's ``box_corners``)."""
+    return torch.floor(spots * torch.tensor(spatial, dtype=torch.float64, device=spots.device)).long()
 
 
 def fitting_starts(room: torch.Tensor, sides: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -35,11 +35,10 @@ def fitting_starts(room: torch.Tensor, sides: torch.Tensor, spatial: tuple[int, 
     return torch.floor(room * (sizes - sides.to(room.device) + 1)).long()
 
 
-def inside_boxes(sides: torch.Tensor, spatial: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """Centres ``[B, ndim]`` of boxes of ``sides`` placed uniformly so that they fit in ``spatial``
-    (for :func:`box_masks`, which centres a box at ``start + side // 2``)."""
-    room = torch.rand(sides.shape, generator=generator, dtype=torch.float64, device=generator.device)
-    return fitting_starts(room, sides, spatial) + sides.to(generator.device) // 2
+def inside_boxes(sides: torch.Tensor, spatial: tuple[int, ...], room: torch.Tensor) -> torch.Tensor:
+    """Centres ``[B, ndim]`` of boxes of ``sides`` placed by the uniform draws ``room`` so that they
+    fit in ``spatial`` (for :func:`box_masks`, which centres a box at ``start + side // 2``)."""
+    return fitting_starts(room, sides, spatial) + sides.to(room.device) // 2
 
 
 def box_bounds(sides: torch.Tensor, centres: torch.Tensor, spatial: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,23 +110,32 @@ class CutMix(Mixer):
         if self.cutmix_minmax is not None and not 0 < self.cutmix_minmax[0] <= self.cutmix_minmax[1] <= 1:
             raise ConfigError(f"mixing.cutmix_minmax must satisfy 0 < min <= max <= 1, got {tuple(self.cutmix_minmax)!r}")
 
+    def extra_draws(self, shape: torch.Size) -> int:
+        """A uniform per box and axis for its place, and as many for its sides with ``cutmix_minmax``."""
+        per_box = max(len(shape) - 2, 0) * (1 if self.cutmix_minmax is None else 2)
+        return self.draw_count(shape[0]) * per_box
+
+    def fused_call(self, x: torch.Tensor, generator: torch.Generator) -> MixOutput | None:
+        if self.cutmix_minmax is None and 3 <= x.ndim <= 4 and kernels.native_ready(x, self.fuse):
+            return self.native_mix(native.CUTMIX, x, generator)
+        return None
+
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("cutmix", x)
-        count = 1 if self.mode == "batch" else x.shape[0]
+        count = self.draw_count(x.shape[0])
+        places = draws.uniforms.view(-1, count, len(spatial))  # [2 with cutmix_minmax: sides, places | 1, count, n]
         if self.cutmix_minmax is None and len(spatial) < 3 and kernels.native_ready(x, self.fuse):
-            # the kernel draws the boxes from λ and the centre draws itself: no small ops in between
-            spots = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
-            pasted, own = native.paste_boxes(x, draws.index, draws.mixed, lam=draws.lam[:count], spots=spots)
+            # the kernel computes the boxes from λ and the place draws itself: no small ops in between
+            pasted, own = native.paste_boxes(x, draws.index, draws.mixed, lam=draws.lam[:count], spots=places[0])
             return MixOutput(x=pasted, index=draws.index, lam=own)
         if self.cutmix_minmax is None:
-            sides = box_sides(draws.lam[:count].to(generator.device), spatial)
-            centres = uniform_centres(count, spatial, generator)
+            sides = box_sides(draws.lam[:count].to(places.device), spatial)
+            centres = uniform_centres(places[0], spatial)
         else:
-            sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
+            sizes = torch.tensor(spatial, dtype=torch.float64, device=places.device)
             low, high = (torch.floor(sizes * f).long() for f in self.cutmix_minmax)
-            pick = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
-            sides = (low + torch.floor(pick * (high - low + 1)).long()).clamp(max=sizes.long())
-            centres = inside_boxes(sides, spatial, generator)
+            sides = (low + torch.floor(places[0] * (high - low + 1)).long()).clamp(max=sizes.long())
+            centres = inside_boxes(sides, spatial, places[1])
         return paste_boxes(x, draws, sides, centres, self.fuse)
 
 
@@ -155,19 +163,28 @@ class ResizeMix(Mixer):
         if not 0 < low <= high <= 1:
             raise ConfigError(f"mixing.scope must satisfy 0 < low <= high <= 1, got {tuple(self.scope)!r}")
 
+    def extra_draws(self, shape: torch.Size) -> int:
+        """A uniform per box and axis for its place."""
+        return self.draw_count(shape[0]) * max(len(shape) - 2, 0)
+
+    def fused_call(self, x: torch.Tensor, generator: torch.Generator) -> MixOutput | None:
+        if x.dtype in (torch.float32, torch.uint8) and 3 <= x.ndim <= 4 and kernels.native_ready(x, self.fuse):
+            low, high = self.scope
+            return self.native_mix(native.RESIZEMIX, x, generator, low=float(low), span=float(high - low))
+        return None
+
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("resizemix", x)
         low, high = self.scope
-        count = 1 if self.mode == "batch" else x.shape[0]
+        count = self.draw_count(x.shape[0])
+        room = draws.uniforms.view(count, len(spatial))
         if x.dtype in (torch.float32, torch.uint8) and len(spatial) < 3 and kernels.native_ready(x, self.fuse):
             # the kernel computes the sides and places the boxes from the same draws
-            room = torch.rand(count, len(spatial), generator=generator, dtype=torch.float64, device=generator.device)
             pasted, lam = native.resize_paste(x, draws.index, draws.lam[:count], self.scope, room, draws.mixed)
             return MixOutput(x=pasted, index=draws.index, lam=lam)
-        tau = low + (high - low) * draws.lam[:count].double().to(generator.device)
-        sizes = torch.tensor(spatial, dtype=torch.float64, device=generator.device)
+        tau = low + (high - low) * draws.lam[:count].double().to(room.device)
+        sizes = torch.tensor(spatial, dtype=torch.float64, device=room.device)
         sides = torch.round(tau.unsqueeze(1) * sizes).long().clamp(min=1)
-        room = torch.rand(sides.shape, generator=generator, dtype=torch.float64, device=generator.device)
         batch = x.shape[0]
         starts = fitting_starts(room, sides, spatial).expand(batch, -1).to(x.device)  # the box fits: nothing to clip
         mixed = draws.mixed.to(x.device)

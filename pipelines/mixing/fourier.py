@@ -84,6 +84,14 @@ def rank_bank(spatial: tuple[int, ...], decay_power: float, fields: int, device:
     return torch.cat(ranks)
 
 
+@functools.lru_cache(maxsize=8)
+def kernel_bank(spatial: tuple[int, ...], decay_power: float, fields: int) -> torch.Tensor:
+    """:func:`rank_bank` as the CPU kernel reads it: uint16 where the ranks fit (``N <= 65536``: up
+    to 256 x 256), which halves the bytes a mask reads, else the int32 bank itself. Same ranks."""
+    bank = rank_bank(spatial, decay_power, fields)
+    return bank.to(torch.uint16) if math.prod(spatial) <= 2**16 else bank
+
+
 def bank_fields(spatial: tuple[int, ...], bank_size: int) -> int:
     """How many fields a bank of ``bank_size`` (0: none; -1: as many as fit :data:`BANK_BYTES`) holds."""
     if bank_size >= 0:
@@ -91,16 +99,16 @@ def bank_fields(spatial: tuple[int, ...], bank_size: int) -> int:
     return max(64, min(1024, BANK_BYTES // (4 * math.prod(spatial))))
 
 
-def draw_shifts(fields: int, spatial: tuple[int, ...], batch: int, generator: torch.Generator
+def draw_shifts(fields: int, spatial: tuple[int, ...], picks: torch.Tensor
                 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """For ``batch`` masks: a bank field each (int32 ``[B]``), and for every axis a circular shift
-    (int32 ``[B, 1]``) and whether to mirror (bool ``[B, 1]``), drawn axis by axis."""
-    device = generator.device
-    field = torch.randint(fields, (batch,), generator=generator, device=device, dtype=torch.int32)
-    shifts, flips = [], []
-    for size in spatial:
-        shifts.append(torch.randint(size, (batch, 1), generator=generator, device=device, dtype=torch.int32))
-        flips.append(torch.rand(batch, 1, generator=generator, device=device) < 0.5)
+    """For ``B`` masks, from uniform draws ``picks`` ``[B, 1 + 2n]``: a bank field each
+    (``floor(u * fields)``, int32 ``[B]``), then for every axis a circular shift (``floor(u * size)``,
+    int32 ``[B, 1]``), then for every axis whether to mirror (``u < 0.5``, bool ``[B, 1]``), as
+    native.c's ``mp_keep_below`` reads them."""
+    n = len(spatial)
+    field = (picks[:, 0] * fields).floor_().to(torch.int32)
+    shifts = [(picks[:, 1 + axis : 2 + axis] * size).floor_().to(torch.int32) for axis, size in enumerate(spatial)]
+    flips = [picks[:, 1 + n + axis : 2 + n + axis] < 0.5 for axis in range(n)]
     return field, shifts, flips
 
 
@@ -164,31 +172,46 @@ class FMix(Mixer):
         if not (isinstance(self.bank_size, int) and self.bank_size >= -1):
             raise ConfigError(f"mixing.bank_size must be -1 (sized to memory), 0 (no bank) or a count, got {self.bank_size!r}")
 
+    def extra_draws(self, shape: torch.Size) -> int:
+        """With a bank, per mask a uniform for its field and two per axis (shift, mirror)."""
+        spatial = tuple(shape[2:])
+        if not spatial or not bank_fields(spatial, self.bank_size):
+            return 0
+        return self.draw_count(shape[0]) * (1 + 2 * len(spatial))
+
+    def fused_call(self, x: torch.Tensor, generator: torch.Generator) -> MixOutput | None:
+        if self.mode != "elem" or self.max_soft != 0 or self.bank_size == 0 or not 3 <= x.ndim <= 5:
+            return None
+        if not kernels.native_ready(x, self.fuse):
+            return None
+        spatial = tuple(x.shape[2:])
+        bank = kernel_bank(spatial, float(self.decay_power), bank_fields(spatial, self.bank_size))
+        return self.native_mix(native.FMIX, x, generator, bank=bank)
+
     def combine(self, x: torch.Tensor, draws: Draws, generator: torch.Generator) -> MixOutput:
         spatial = check_spatial("fmix", x)
         batch, size = x.shape[0], math.prod(spatial)
-        masks = 1 if self.mode == "batch" else batch
+        masks = self.draw_count(batch)
         fields = bank_fields(spatial, self.bank_size)
-        rank = noise = shifts = None
+        rank = noise = bank = None
         if fields:
             bank = rank_bank(spatial, float(self.decay_power), fields, str(generator.device))
-            shifts = draw_shifts(fields, spatial, masks, generator)
         else:
             noise = low_frequency_noise(masks, spatial, self.decay_power, generator).reshape(masks, size)
             rank = descending_ranks(noise)
         hard = self.max_soft == 0
-        if hard and shifts is not None and masks == batch and kernels.native_ready(x, self.fuse):
+        if hard and bank is not None and masks == batch and kernels.native_ready(x, self.fuse):
             # the kernel reads the bank shifted in place (no [B, N] ranks) and derives own and λ
-            field, axis_shifts, axis_flips = shifts
-            mixed_x, own_lam = native.keep_below(x, draws.index, lam=draws.lam, mixed=draws.mixed, bank=bank,
-                                                 field=field, shifts=axis_shifts, flips=axis_flips)
+            picks = draws.uniforms.view(masks, -1)
+            bank = kernel_bank(spatial, float(self.decay_power), fields)
+            mixed_x, own_lam = native.keep_below(x, draws.index, lam=draws.lam, mixed=draws.mixed, bank=bank, picks=picks)
             return MixOutput(x=mixed_x, index=draws.index, lam=own_lam)
         lam = draws.lam[:masks].to(generator.device, torch.float64)
         unmixed = ~draws.mixed.to(generator.device)
         # an unmixed sample keeps all of its own elements
         own = torch.where(unmixed[:masks], size, torch.round(lam * size).long())
-        if shifts is not None:
-            rank = shifted_ranks(bank, spatial, *shifts)
+        if bank is not None:
+            rank = shifted_ranks(bank, spatial, *draw_shifts(fields, spatial, draws.uniforms.view(masks, -1)))
         if hard:  # rank < own: the own[b] largest noise values keep the sample's own
             ranks = rank.expand(batch, size).reshape(batch, *spatial)
             mixed_x = kernels.keep_below(x, draws.index, ranks, own.expand(batch).to(x.device), self.fuse)

@@ -4,9 +4,11 @@ elsewhere, and the eager PyTorch ops as the reference both must equal.
 Written as PyTorch ops, a per-sample paste is several passes: the partners gathered into a new
 batch, a broadcast mask built, then ``torch.where`` reading three tensors (about 3x the cost of
 ``x.clone()`` on CPU, about 6x with CutMix's box mask built in the same ops). On the CPU the
-kernels of :mod:`pipelines.mixing.native` write each element once (CutMix's paste 1.2-1.3x
-``x.clone()`` of a 256 x 3 x 32 x 32 float32 batch on one thread, ``benchmarks/bench_mixing.py``).
-On a GPU ``torch.compile`` (Triton) fuses the same eager function into one kernel.
+kernels of :mod:`pipelines.mixing.native` write each element once (CutMix's paste about 1.3x
+``x.clone()`` of a 256 x 3 x 32 x 32 float32 batch on one thread, FMix's select 1.7x, ResizeMix's
+resize 1.5-1.6x; ``benchmarks/bench_mixing.py``), and a plain call of CutMix, FMix or ResizeMix
+draws and mixes in one of them (:meth:`pipelines.mixing.base.Mixer.fused_call`). On a GPU
+``torch.compile`` (Triton) fuses the same eager function into one kernel.
 
 ``fuse``: ``"auto"`` builds (CPU) or compiles (GPU) on first use and falls back to the eager ops,
 with one line on stderr, when that fails, e.g. without a C compiler (``MIXPIPE_FUSE=0`` in the
@@ -34,7 +36,7 @@ _failed: set[str] = set()
 
 def native_ready(x: torch.Tensor, fuse: Fuse) -> bool:
     """Whether the native CPU kernels run for ``x``: a contiguous CPU batch and :func:`native.ready`."""
-    return x.device.type == "cpu" and x.is_contiguous() and native.ready(fuse)
+    return x.is_cpu and x.is_contiguous() and native.ready(fuse)
 
 
 def _fused(name: str, function: Callable, fuse: Fuse) -> Callable:
@@ -136,7 +138,7 @@ def resize_paste(x: torch.Tensor, index: torch.Tensor, starts: torch.Tensor, sid
     work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     resized = x.index_select(0, index).to(work)
     batch, channels, *spatial = x.shape
-    for axis in reversed(range(len(spatial))):  # the last axis first, as the native kernel
+    for axis in range(len(spatial)):  # the first axis first, as the native kernel
         first, second, near, far = resize_taps(starts[:, axis], sides[:, axis], spatial[axis], work)
         view = [batch] + [1] * len(spatial)
         view[axis + 1] = spatial[axis]

@@ -46,7 +46,7 @@ class MixtureMixer:
         picks = picks.expand(batch).to(x.device)
         mixed_x, lam = None, None
         for choice, mixer in enumerate(self.mixers):  # over methods, not samples
-            draws = mixer.draw(batch, generator, x.device, index=index)
+            draws = mixer.draw(batch, generator, x.device, index=index, extra=mixer.extra_draws(x.shape))
             out = mixer.combine(x, draws, generator)
             if mixed_x is None:
                 mixed_x, lam = out.x, out.lam

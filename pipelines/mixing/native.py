@@ -4,10 +4,10 @@ called through ``ctypes``.
 Why C and not ``torch.compile``: Inductor writes CutMix's paste as a masked blend that loads both the
 sample and its partner for every element (1.7x ``x.clone()`` of a 256 x 3 x 32 x 32 float32 batch on
 one thread) and adds about 80 µs of guards and wrappers per call; the C kernel copies whole rows
-outside the box (1.2-1.3x), and a ``ctypes`` call costs a few µs. The kernels also take over the
-small arithmetic around the paste (box corners, λ, Marsaglia-Tsang's acceptance test): each PyTorch
-call costs 10-20 µs once the batch has streamed through the caches, which on a 3 MB batch added up
-to more than the paste itself.
+outside the box (1.3x), and a ``ctypes`` call costs a few µs. The kernels also take over the small
+arithmetic around the paste (box corners, λ, the call's random draws): each Python or PyTorch call
+costs 1-20 µs once the batch has streamed through the caches, which on a 3 MB batch added up to
+more than the paste itself. :func:`mix` therefore runs a whole call, draws and mix, in one C call.
 
 Building takes a second or two (no PyTorch headers). The shared object is cached by the hash of
 the source, the flags and the machine type under ``$MIXPIPE_CACHE`` (default ``~/.cache/mixpipe``,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -108,15 +107,19 @@ def _build() -> ctypes.CDLL:
     kernels = {}
     for width in _SELECTION_TYPES.values():
         kernels[f"mp_paste_boxes_{width}"] = [pointer] * 7 + [size] + [pointer] * 2 + [size] * 7
-        kernels[f"mp_keep_below_{width}"] = [pointer] * 4 + [size] + [pointer] * 12 + [size] * 6
+        kernels[f"mp_keep_below_{width}"] = [pointer] * 4 + [size, pointer, size, size, pointer, size] + [pointer] * 4 + [size] * 6
     for name in ("mp_resize_paste_float32", "mp_resize_paste_uint8"):
         kernels[name] = [pointer] * 4 + [ctypes.c_double] * 2 + [pointer] + [size] + [pointer] * 2 + [size] * 6
     for name, arguments in kernels.items():  # each returns 0, or -1 when its scratch memory ran out
         function = getattr(library, name)
         function.argtypes, function.restype = arguments, size
-    library.mp_gamma_logs_of.argtypes = [pointer] * 3 + [ctypes.c_double, size]
-    library.mp_gamma_accept.argtypes = [pointer] * 2 + [ctypes.c_double] * 3 + [size] * 2 + [pointer]
-    library.mp_gamma_accept.restype = size
+    real = ctypes.c_double
+    library.mp_mix.argtypes = ([size, size, ctypes.c_uint64, real, real, size] + [pointer] * 5 + [size, size, real, real]
+                               + [size] * 8)
+    library.mp_mix.restype = size
+    library.mp_mixing_draws.argtypes = [ctypes.c_uint64, pointer, size, size, pointer, size, real, pointer, real, real,
+                                        pointer]
+    library.mp_mixing_draws.restype = None
     return library
 
 
@@ -146,6 +149,8 @@ def ready(fuse: bool | str = "auto") -> bool:
     global _warned
     if not enabled(fuse):
         return False
+    if _library is not None:  # the common case, first: this runs on every mixing call
+        return True
     try:
         library()
     except NativeBuildError as error:
@@ -185,11 +190,18 @@ def _flags(flags: torch.Tensor) -> torch.Tensor:
 
 
 def _as(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``values`` as a contiguous tensor of ``dtype``, without a call when it already is one (each
+    """``values`` as a contiguous CPU tensor of ``dtype``, without a call when it already is one (each
     call into PyTorch costs microseconds, comparable to the kernels on small batches)."""
+    if values.device.type != "cpu":  # draws from a generator on another device
+        values = values.cpu()
     if values.dtype != dtype:
         values = values.to(dtype)
     return values if values.is_contiguous() else values.contiguous()
+
+
+def _bank(bank: torch.Tensor) -> torch.Tensor:
+    """A rank bank as the kernels read it: contiguous uint16 (kept) or int32 ranks on the CPU."""
+    return bank if bank.dtype == torch.uint16 and bank.is_contiguous() else _as(bank, torch.int32)
 
 
 def _volume(shape: torch.Size) -> tuple[int, int, int]:
@@ -228,21 +240,21 @@ def paste_boxes(x: torch.Tensor, index: torch.Tensor, mixed: torch.Tensor, *, si
 
 def keep_below(x: torch.Tensor, index: torch.Tensor, *, own: torch.Tensor | None = None,
                rank: torch.Tensor | None = None, lam: torch.Tensor | None = None, mixed: torch.Tensor | None = None,
-               bank: torch.Tensor | None = None, field: torch.Tensor | None = None,
-               shifts: list[torch.Tensor] | None = None, flips: list[torch.Tensor] | None = None,
+               bank: torch.Tensor | None = None, picks: torch.Tensor | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """FMix's hard-mask selection for a contiguous CPU batch: ``x[b]`` where the rank of a position
     is below ``own[b]``, the partner elsewhere.
 
-    The ranks are ``rank`` (``[B or 1, N]``), or a bank's fields read shifted and mirrored:
-    ``field`` ``[B]``, and per spatial axis ``shifts`` (int ``[B, 1]``) and ``flips`` (bool ``[B, 1]``),
-    as :func:`pipelines.mixing.fourier.draw_shifts` draws them. Without ``own`` the kernel derives
-    it from ``lam`` and ``mixed`` and also returns each sample's own fraction (else None).
+    The ranks are ``rank`` (``[B or 1, N]``), or fields of ``bank`` (int32, or uint16 as
+    :func:`pipelines.mixing.fourier.kernel_bank` narrows it) read shifted and mirrored as
+    the uniforms ``picks`` (``[B, 1 + 2n]``) choose them (:func:`pipelines.mixing.fourier.draw_shifts`).
+    Without ``own`` the kernel derives it from ``lam`` and ``mixed`` and also returns each sample's
+    own fraction (else None).
     """
     kernel = getattr(library(), f"mp_keep_below_{_SELECTION_TYPES[x.element_size()]}")
     out = torch.empty_like(x)
     index = _as(index, torch.int64)
-    stride, lam_out, axes = 0, None, [None] * 6
+    stride, lam_out, fields, axes, width = 0, None, 0, 0, 0
     if own is not None:
         own = _as(own, torch.int64)
     else:
@@ -252,14 +264,11 @@ def keep_below(x: torch.Tensor, index: torch.Tensor, *, own: torch.Tensor | None
         rank = _as(rank.reshape(rank.shape[0], -1), torch.int32)
         stride = rank.shape[1] if rank.shape[0] > 1 else 0
     else:
-        bank, field = _as(bank, torch.int32), _as(field, torch.int32)
-        lead = 3 - len(shifts)  # the kernel's axes are (d, h, w); a 2-D input has no d
-        for axis, (shift, flip) in enumerate(zip(shifts, flips, strict=True)):
-            axes[lead + axis] = _as(shift, torch.int32)
-            axes[3 + lead + axis] = _flags(flip)
+        bank, picks = _bank(bank), _as(picks, torch.float64)
+        fields, axes, width = bank.shape[0], (picks.shape[1] - 1) // 2, bank.element_size()
     _over_batch(kernel, x.shape[0], x.nbytes, x.data_ptr(), out.data_ptr(), index.data_ptr(), _address(rank), stride,
-                _address(bank), _address(field), *map(_address, axes), _address(own), _address(lam),
-                _address(mixed), _address(lam_out), x.shape[1], *_volume(x.shape))
+                _address(bank), width, fields, _address(picks), axes, _address(own), _address(lam), _address(mixed),
+                _address(lam_out), x.shape[1], *_volume(x.shape))
     return out, lam_out
 
 
@@ -281,14 +290,34 @@ def resize_paste(x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor, scope:
     return out, own
 
 
-def gamma_round(z: torch.Tensor, u: torch.Tensor, c: float, d: float, missing: int) -> torch.Tensor:
-    """One Marsaglia-Tsang round over float64 CPU draws ``z`` (normal) and ``u`` (uniform): the first
-    ``missing`` (or fewer) accepted candidates' ``log v + log d``, in the order drawn, as
-    :func:`pipelines.mixing.sampling.log_gamma_sample` computes them (PyTorch takes the logs)."""
-    kernels, m = library(), z.numel()
-    both = torch.empty(2 * m, dtype=torch.float64)
-    kernels.mp_gamma_logs_of(z.data_ptr(), u.data_ptr(), both.data_ptr(), c, m)
-    both.log_()
-    out = torch.empty(min(missing, m), dtype=torch.float64)
-    kept = kernels.mp_gamma_accept(z.data_ptr(), both.data_ptr(), c, d, math.log(d), m, missing, out.data_ptr())
-    return out if kept == out.numel() else out[:kept]
+# methods of mp_mix
+CUTMIX, FMIX, RESIZEMIX = 0, 1, 2
+
+
+def mix(method: int, x: torch.Tensor, seed: int, alpha: float, prob: float, count: int, *,
+        bank: torch.Tensor | None = None, low: float = 0.0, span: float = 0.0,
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A whole mixing call in one kernel: the draws of :func:`pipelines.mixing.sampling.mixing_draws`
+    from the stream of ``seed`` (``count`` λ of Beta(``alpha``, ``alpha``), ``prob``), then ``method``'s
+    kernel: :data:`CUTMIX` (1-2 spatial axes), :data:`FMIX` (elem mode, fields of ``bank``: uint16 or
+    int32 ranks) or
+    :data:`RESIZEMIX` (float32 or uint8, 1-2 spatial axes; scale ``low + span * λ``). Returns the
+    mixed batch, the partners and each sample's own fraction, as the method's draw-then-combine
+    computes them."""
+    batch = x.shape[0]
+    out, index = torch.empty_like(x), torch.empty(batch, dtype=torch.int64)
+    own = torch.empty(batch, dtype=torch.float32)
+    width, fields = (0, 0) if bank is None else (bank.element_size(), bank.shape[0])
+    _over_batch(library().mp_mix, batch, x.nbytes, method, x.element_size(), seed, alpha, prob, count, x.data_ptr(),
+                out.data_ptr(), index.data_ptr(), own.data_ptr(), _address(bank), width, fields, low, span, x.shape[1],
+                x.ndim - 2, *_volume(x.shape), batch)
+    return out, index, own
+
+
+def mixing_draws(seed: int, uniforms: torch.Tensor, index: torch.Tensor | None, prob: float, mixed: torch.Tensor,
+                 a: float, b: float, lam: torch.Tensor) -> None:
+    """:func:`pipelines.mixing.sampling.mixing_draws` from the stream of ``seed``, written into
+    ``uniforms`` (float64), ``index`` (int64 ``[batch]``; None: given, not drawn), ``mixed`` (bool)
+    and ``lam`` (float32 ``[count]``)."""
+    library().mp_mixing_draws(seed, uniforms.data_ptr(), uniforms.numel(), len(index) if index is not None else 0,
+                              _address(index), mixed.numel(), prob, mixed.data_ptr(), a, b, lam.data_ptr())

@@ -106,7 +106,8 @@ def test_mask_methods_take_each_element_from_self_or_partner_and_lam_is_exact(na
 
 def test_random_boxes_are_boxes():
     lam = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    sides, centres = box_sides(lam, (16, 16)), uniform_centres(4, (16, 16), torch_generator(0))
+    spots = torch.rand(4, 2, dtype=torch.float64, generator=torch_generator(0))
+    sides, centres = box_sides(lam, (16, 16)), uniform_centres(spots, (16, 16))
     boxes = box_masks(sides, centres, (16, 16))
     assert box_volumes(sides, centres, (16, 16)).tolist() == boxes.flatten(1).sum(1).tolist()
     for mask in boxes:
@@ -189,7 +190,7 @@ def test_fmix_keeps_round_lambda_n_own_elements():
     counts = (out.lam.double() * 63).round()
     assert torch.equal(out.lam, (counts / 63).float())  # float32 of k / N for integer k
     # the same draws: lam_i was round(Beta draw * N) / N
-    draws = mixer.draw(32, torch_generator(2), x.device)
+    draws = mixer.draw(32, torch_generator(2), x.device, extra=mixer.extra_draws(x.shape))
     assert torch.equal(out.lam, (torch.round(draws.lam.double() * 63) / 63).float())
 
 
@@ -556,10 +557,13 @@ def test_fmix_bank_masks_are_distributed_as_fresh_ones():
         masks = (rank < own).reshape(-1, *spatial)
         return ((masks[:, 1:] != masks[:, :-1]).sum((1, 2)) + (masks[:, :, 1:] != masks[:, :, :-1]).sum((1, 2))).numpy()
 
-    banked = shifted_ranks(rank_bank(spatial, 3.0, 1024), spatial, *draw_shifts(1024, spatial, n, torch_generator(4)))
+    def picks(count, seed):
+        return torch.rand(count, 1 + 2 * len(spatial), dtype=torch.float64, generator=torch_generator(seed))
+
+    banked = shifted_ranks(rank_bank(spatial, 3.0, 1024), spatial, *draw_shifts(1024, spatial, picks(n, 4)))
     fresh = descending_ranks(low_frequency_noise(n, spatial, 3.0, torch_generator(5)).reshape(n, -1))
     assert stats.ks_2samp(boundaries(banked), boundaries(fresh)).pvalue > 0.01
-    one = shifted_ranks(rank_bank(spatial, 3.0, 1), spatial, *draw_shifts(1, spatial, 1000, torch_generator(6)))
+    one = shifted_ranks(rank_bank(spatial, 3.0, 1), spatial, *draw_shifts(1, spatial, picks(1000, 6)))
     assert one.unique(dim=0).shape[0] > 500  # of 16 x 16 shifts x 4 mirrorings = 1024
     assert torch.equal(one.sort(1).values, torch.arange(256).expand(1000, 256))
 
