@@ -16,6 +16,12 @@ from pipelines.registry import Registry
 _CPU = torch.device("cpu")
 
 
+def draws_from_stream(generator: torch.Generator) -> bool:
+    """Whether a call's draws come from the stream one draw of ``generator`` seeds (a CPU generator)
+    or from tensor ops on the generator's device (a GPU's, where a host loop would synchronise)."""
+    return generator.device == _CPU
+
+
 @dataclass(frozen=True, slots=True)  # slots: built on every mixing call, a third cheaper
 class MixOutput:
     """What a mixer returns.
@@ -101,7 +107,7 @@ class Mixer:
         (:func:`pipelines.mixing.sampling.mixing_draws`); on another device from tensor ops there.
         """
         count = self.draw_count(batch_size)
-        if generator.device.type == "cpu":
+        if draws_from_stream(generator):
             index, lam, mixed, uniforms = mixing_draws(batch_size, count, self.alpha, self.alpha, self.prob, generator,
                                                        index=index, extra=extra, fuse=self.fuse)
         else:
@@ -120,7 +126,7 @@ class Mixer:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator) -> MixOutput:
         if x.ndim < 2 or x.shape[0] != y.shape[0]:
             raise ValueError(f"x must be (B, ...) with B = len(y); got x {tuple(x.shape)}, y {tuple(y.shape)}")
-        if generator.device == _CPU and (fused := self.fused_call(x, generator)) is not None:
+        if draws_from_stream(generator) and (fused := self.fused_call(x, generator)) is not None:
             return fused
         draws = self.draw(x.shape[0], generator, x.device, extra=self.extra_draws(x.shape))
         return self.combine(x, draws, generator)

@@ -248,14 +248,10 @@ static inline int64_t shifted(int64_t u, int64_t size, int64_t shift, int64_t fl
     return 0;                                                                                             \
   }
 
-MP_PASTE_BOXES(uint8_t)
-MP_PASTE_BOXES(uint16_t)
-MP_PASTE_BOXES(uint32_t)
-MP_PASTE_BOXES(uint64_t)
-MP_KEEP_BELOW(uint8_t)
-MP_KEEP_BELOW(uint16_t)
-MP_KEEP_BELOW(uint32_t)
-MP_KEEP_BELOW(uint64_t)
+/* the selection kernels move elements as unsigned integers of their width */
+#define MP_EACH_WIDTH(APPLY) APPLY(uint8_t) APPLY(uint16_t) APPLY(uint32_t) APPLY(uint64_t)
+MP_EACH_WIDTH(MP_PASTE_BOXES)
+MP_EACH_WIDTH(MP_KEEP_BELOW)
 
 /* Source taps of a half-pixel resize of an axis of `size` into `side` outputs (side <= size):
  * output u samples s = (u + 0.5) * (size / side) - 0.5, clamped to [0, size - 1]. int32 taps let
@@ -569,6 +565,16 @@ void mp_mixing_draws(uint64_t seed, double *uniforms, int64_t extra, int64_t bat
  * samples' partners into index[b0:b1] and their own fractions into lam_out. Returns 0, or -1 when
  * memory ran out or the method is unknown. */
 enum { MP_CUTMIX = 0, MP_FMIX = 1, MP_RESIZEMIX = 2 };
+#define MP_CUTMIX_CASE(T)                                                                                 \
+  case sizeof(T):                                                                                         \
+    code = mp_paste_boxes_##T((const T *)x, (T *)out, partners, lam, uniforms, NULL, NULL, stride, mixed, \
+                              lam_out, C, n, D, H, W, b0, b1);                                            \
+    break;
+#define MP_FMIX_CASE(T)                                                                                   \
+  case sizeof(T):                                                                                         \
+    code = mp_keep_below_##T((const T *)x, (T *)out, partners, NULL, 0, bank, bank_width, fields, uniforms, \
+                             n, NULL, lam, mixed, lam_out, C, D, H, W, b0, b1);                           \
+    break;
 
 int64_t mp_mix(int64_t method, int64_t width, uint64_t seed, double alpha, double prob, int64_t count, const void *x,
                void *out, int64_t *index, float *lam_out, const void *bank, int64_t bank_width, int64_t fields,
@@ -589,29 +595,9 @@ int64_t mp_mix(int64_t method, int64_t width, uint64_t seed, double alpha, doubl
   memcpy(index + b0, partners + b0, (size_t)(b1 - b0) * sizeof(int64_t));
   const int64_t stride = count > 1;
   if (method == MP_CUTMIX) {
-    switch (width) {
-#define MP_CUTMIX_CASE(T)                                                                                   \
-  case sizeof(T):                                                                                          \
-    code = mp_paste_boxes_##T((const T *)x, (T *)out, partners, lam, uniforms, NULL, NULL, stride, mixed,  \
-                              lam_out, C, n, D, H, W, b0, b1);                                             \
-    break;
-      MP_CUTMIX_CASE(uint8_t)
-      MP_CUTMIX_CASE(uint16_t)
-      MP_CUTMIX_CASE(uint32_t)
-      MP_CUTMIX_CASE(uint64_t)
-    }
+    switch (width) { MP_EACH_WIDTH(MP_CUTMIX_CASE) }
   } else if (method == MP_FMIX) {
-    switch (width) {
-#define MP_FMIX_CASE(T)                                                                                     \
-  case sizeof(T):                                                                                          \
-    code = mp_keep_below_##T((const T *)x, (T *)out, partners, NULL, 0, bank, bank_width, fields, uniforms, n, \
-                             NULL, lam, mixed, lam_out, C, D, H, W, b0, b1);                               \
-    break;
-      MP_FMIX_CASE(uint8_t)
-      MP_FMIX_CASE(uint16_t)
-      MP_FMIX_CASE(uint32_t)
-      MP_FMIX_CASE(uint64_t)
-    }
+    switch (width) { MP_EACH_WIDTH(MP_FMIX_CASE) }
   } else if (method == MP_RESIZEMIX) {
     if (width == 4)
       code = mp_resize_paste_float32((const float *)x, (float *)out, partners, lam, low, span, uniforms, stride, mixed,

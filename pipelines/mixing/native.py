@@ -192,7 +192,7 @@ def _flags(flags: torch.Tensor) -> torch.Tensor:
 def _as(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``values`` as a contiguous CPU tensor of ``dtype``, without a call when it already is one (each
     call into PyTorch costs microseconds, comparable to the kernels on small batches)."""
-    if values.device.type != "cpu":  # draws from a generator on another device
+    if not values.is_cpu:  # draws from a generator on another device
         values = values.cpu()
     if values.dtype != dtype:
         values = values.to(dtype)

@@ -9,6 +9,7 @@ from pipelines.errors import ConfigError, UnknownNameError
 from pipelines.mixing import (
     MIXERS,
     MixingSpec,
+    base,
     decoupled_mixup_loss,
     get_mixer,
     mix,
@@ -31,7 +32,12 @@ def batch(b=16, shape=(3, 8, 8), seed=0):
 @pytest.mark.parametrize("name", MIXERS.names())
 @pytest.mark.parametrize("mode", ["elem", "batch"])
 @pytest.mark.parametrize("b", [1, 7, 16])
-def test_contract_every_method(name, mode, b):
+@pytest.mark.parametrize("draws", ["stream", "tensor ops"])
+def test_contract_every_method(name, mode, b, draws, monkeypatch):
+    """Both ways of drawing: the seeded stream (CPU generators) and the tensor ops a GPU generator
+    gets, here on CPU tensors."""
+    if draws == "tensor ops":
+        monkeypatch.setattr(base, "draws_from_stream", lambda generator: False)
     x, y = batch(b)
     out = mix(name, x, y, generator=torch_generator(1), alpha=1.0, mode=mode, prob=1.0)
     assert out.x.shape == x.shape and out.x.dtype == x.dtype and out.x.device == x.device
