@@ -185,14 +185,15 @@ def mixing_draws(batch: int, count: int, a: float, b: float, prob: float, genera
             order[i], order[j] = order[j], order[i]
         index = torch.tensor(order, dtype=torch.int64)
     flags = [stream.uniform() < prob for _ in range(count)]
-    cheng, lams = ChengBeta.of(a, b), []
     if a == b == 1.0:  # Beta(1, 1) is the uniform distribution itself: one uniform per λ, as in C
-        lams = [stream.uniform() for _ in range(count)]
-        lams = [draw if flag else 1.0 for draw, flag in zip(lams, flags, strict=True)]
-    while len(lams) < count:
-        draw = cheng.candidate(stream.uniform(), stream.uniform())
-        if draw is not None:
-            lams.append(draw if flags[len(lams)] else 1.0)
+        draws = [stream.uniform() for _ in range(count)]
+    else:
+        cheng, draws = ChengBeta.of(a, b), []
+        while len(draws) < count:
+            draw = cheng.candidate(stream.uniform(), stream.uniform())
+            if draw is not None:
+                draws.append(draw)
+    lams = [draw if flag else 1.0 for draw, flag in zip(draws, flags, strict=True)]
     lam = torch.tensor(lams, dtype=torch.float64).to(torch.float32)
     return index, lam, torch.tensor(flags, dtype=torch.bool), uniforms
 
